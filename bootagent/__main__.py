@@ -1,0 +1,3 @@
+from bootagent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""The one object every step receives: where the root is, what the config says, what time it is.
+
+Tests swap the clock and the sleep instead of patching `time`; the root is a scratch
+directory instead of `/`. Nothing here does I/O beyond reading the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from bootagent.errors import UnsafePath
+
+
+@dataclass
+class Context:
+    root: str = "/"
+    config: dict = field(default_factory=dict)
+    dry_run: bool = False
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    wall: Callable[[], float] = time.time
+    env: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    log: object = None
+    imds_url: str = ""
+    on_arc: bool = False
+    deadline: float = float("inf")
+    # dry-run: (path, description) of every change the writer would make
+    changes: list = field(default_factory=list)
+    # the writer's bookkeeping: directories already swept of stale temp files, write points
+    swept_dirs: set = field(default_factory=set)
+    write_points: int = 0
+
+    def __post_init__(self):
+        self.root = os.path.abspath(self.root)
+        kill_at = self.env.get("BOOTAGENT_FAULT_KILL_AT", "")
+        self._kill_at = int(kill_at) if kill_at.isdigit() else 0
+        self._count_file = self.env.get("BOOTAGENT_FAULT_COUNT_FILE", "")
+
+    @property
+    def live(self) -> bool:
+        """True when provisioning the running system: only then are live side effects allowed."""
+        return self.root == "/"
+
+    def path(self, logical: str) -> str:
+        """Map an absolute path of the provisioned system to where it lies under the root."""
+        parts = split_logical(logical)
+        return os.path.join(self.root, *parts) if parts else self.root
+
+    def remaining(self) -> float:
+        return self.deadline - self.clock()
+
+    def checkpoint(self) -> None:
+        """A write point. Inert unless the crash-consistency sweep set BOOTAGENT_FAULT_KILL_AT."""
+        self.write_points += 1
+        if self._count_file:
+            with open(self._count_file, "w") as out:  # test seam only, never in production
+                out.write(str(self.write_points))
+        if self._kill_at and self.write_points == self._kill_at:
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def split_logical(logical: str) -> list[str]:
+    """Split an absolute path into components, refusing anything that could leave the root."""
+    if not isinstance(logical, str) or not logical.startswith("/"):
+        raise UnsafePath(f"refusing path {logical!r}: it must be absolute")
+    if "\0" in logical:
+        raise UnsafePath("refusing a path with a NUL byte")
+    parts = [p for p in logical.split("/") if p]
+    for part in parts:
+        if part in (".", ".."):
+            raise UnsafePath(f"refusing path {logical!r}: '.' and '..' are not allowed")
+    return parts

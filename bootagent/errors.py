@@ -1,0 +1,63 @@
+"""The exception tree. Every error carries the exit code the CLI turns it into.
+
+    BootagentError (1)            a failure with a one-line message: what, on what, what to do
+    ├── UsageError (2)            bad command line or configuration; nothing was changed
+    │   └── ConfigError (2)       bootagent.yaml is invalid (names the key and the file)
+    ├── DocumentError (3)         a body that is not an instance document (exit 2 for --metadata-file)
+    ├── ImdsUnavailable (3)       no instance document before the deadline
+    ├── HttpError (1)             one HTTP exchange went wrong (status, size, connection)
+    └── StepError (1)             a provisioning step could not do its job
+        └── UnsafePath (1)        a path leaves the root or passes through a symlink
+
+Only `cli.py` turns these into exit codes and printed lines; nothing below it exits.
+"""
+
+
+class BootagentError(Exception):
+    exit_code = 1
+
+    def __init__(self, message: str, *, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class UsageError(BootagentError):
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    pass
+
+
+class DocumentError(BootagentError):
+    exit_code = 3
+
+
+class ImdsUnavailable(BootagentError):
+    exit_code = 3
+
+
+class HttpError(BootagentError):
+    """One exchange failed. `status` is the HTTP status, or None for a transport failure."""
+
+    def __init__(self, message: str, *, status: int | None = None, body: bytes = b"",
+                 headers: dict | None = None, retryable: bool = False, quick: bool = False):
+        super().__init__(message)
+        self.quick = quick
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+        self.retryable = retryable
+
+
+class StepError(BootagentError):
+    pass
+
+
+class UnsafePath(StepError):
+    pass

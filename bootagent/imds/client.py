@@ -1,0 +1,94 @@
+"""IMDS requests: the instance document, a sub-path for `bootagent metadata`, the versions.
+
+Every request carries `Metadata: true` and goes through the one HTTP client (proxies
+bypassed, one retry loop, rate cap, size bound). A 400 naming `newest-versions` is
+answered once with the newest of those the agent supports.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+from bootagent.errors import DocumentError, HttpError, ImdsUnavailable
+from bootagent.http import Http, Response, RetryLater
+from bootagent.imds.document import Instance, parse_body
+from bootagent.imds.versions import newest_supported
+
+HEADERS = {"Metadata": "true"}
+ARC_URL_HINT = "on Azure Arc check that the Arc agent runs (IMDS_ENDPOINT)"
+
+
+class ImdsClient:
+    def __init__(self, http: Http, base_url: str, api_version: str):
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.api_version = api_version
+
+    def url(self, path: str = "instance", **query: str) -> str:
+        query = {"api-version": self.api_version, **query}
+        params = "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items())
+        return f"{self.base_url}/metadata/{path.strip('/')}?{params}"
+
+    def fetch_document(self, deadline: float) -> Instance:
+        """The instance document, retried until the deadline (ImdsUnavailable then)."""
+        def accept(answer: Response) -> Instance:
+            if answer.status != 200:
+                raise HttpError(f"IMDS answered HTTP {answer.status} for {answer.url}",
+                                status=answer.status, body=answer.body)
+            try:
+                return parse_body(answer.body, f"IMDS at {answer.url}")
+            except DocumentError as err:
+                raise RetryLater(str(err)) from None
+
+        return self._with_version_fallback(lambda: self.url("instance"), accept, deadline,
+                                           "fetching the instance document")
+
+    def fetch_path(self, path: str, fmt: str, deadline: float) -> bytes:
+        """One sub-path as IMDS serves it (route filtering), for `bootagent metadata`."""
+        def accept(answer: Response) -> bytes:
+            if answer.status != 200:
+                raise HttpError(f"IMDS answered HTTP {answer.status} for {answer.url}: "
+                                f"{_error_text(answer.body)}", status=answer.status, body=answer.body)
+            return answer.body
+
+        target = "instance/" + path.strip("/") if path.strip("/") else "instance"
+        return self._with_version_fallback(lambda: self.url(target, format=fmt), accept, deadline,
+                                           f"fetching {target}")
+
+    def _with_version_fallback(self, make_url, accept, deadline: float, what: str):
+        for attempt in range(2):
+            url = make_url()
+            try:
+                return self.http.retrying("GET", url, headers=HEADERS, deadline=deadline,
+                                          accept=accept, what=what)
+            except HttpError as err:
+                fallback = _fallback_version(err) if attempt == 0 else None
+                if fallback and fallback != self.api_version:
+                    self.api_version = fallback
+                    continue
+                if err.status is None:
+                    raise ImdsUnavailable(f"{what} from {self.base_url} failed: {err}; "
+                                          "check the network with `bootagent doctor`") from None
+                raise ImdsUnavailable(str(err) + "; check imds.api_version and the URL") from None
+        raise AssertionError("unreachable")
+
+
+def _fallback_version(err: HttpError) -> str | None:
+    if err.status != 400:
+        return None
+    try:
+        offered = json.loads(err.body).get("newest-versions")
+    except (ValueError, AttributeError):
+        return None
+    return newest_supported(offered) if isinstance(offered, list) else None
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        value = json.loads(body)
+        if isinstance(value, dict) and isinstance(value.get("error"), str):
+            return value["error"][:200]
+    except ValueError:
+        pass
+    return body[:200].decode("utf-8", "replace")

@@ -1,0 +1,89 @@
+"""userData decoding: pure functions from the base64 string to bytes and a kind.
+
+Strict base64, then gunzip when compressed, both bounded so a bomb cannot exhaust
+memory. Errors name the field, never its content: userData may hold secrets.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import zlib
+from dataclasses import dataclass
+
+from bootagent.errors import StepError
+
+MAX_ENCODED = 1 << 20          # Azure allows 64 KiB; be generous, not unbounded
+MAX_DECODED = 4 << 20
+
+
+class UserDataError(StepError):
+    pass
+
+
+@dataclass(frozen=True)
+class UserData:
+    data: bytes
+    kind: str               # "yaml", "script" or "other"
+    mapping: dict | None    # the YAML mapping when kind == "yaml"
+
+
+def decode(encoded: object) -> bytes:
+    """compute.userData to the bytes the user supplied."""
+    if not isinstance(encoded, str):
+        raise UserDataError("compute.userData is not a string; it must be base64 text")
+    text = encoded.strip()
+    if len(text) > MAX_ENCODED:
+        raise UserDataError(f"compute.userData is larger than {MAX_ENCODED} bytes")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise UserDataError("compute.userData is not valid base64; encode it with `base64 -w0`") from None
+    if raw[:2] == b"\x1f\x8b":
+        raw = _gunzip(raw)
+    if len(raw) > MAX_DECODED:
+        raise UserDataError(f"compute.userData decodes to more than {MAX_DECODED} bytes")
+    return raw
+
+
+def _gunzip(raw: bytes) -> bytes:
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(raw, MAX_DECODED + 1)
+    except zlib.error:
+        raise UserDataError("compute.userData is gzip data that does not decompress") from None
+    if len(out) > MAX_DECODED or inflater.unconsumed_tail:
+        raise UserDataError(f"compute.userData decompresses to more than {MAX_DECODED} bytes; refused")
+    if not inflater.eof:
+        raise UserDataError("compute.userData is truncated gzip data")
+    return out
+
+
+def classify(data: bytes) -> UserData:
+    """A `#!` script, a YAML mapping (optionally after `#cloud-config`), or other bytes."""
+    if data.startswith(b"#!"):
+        return UserData(data, "script", None)
+    mapping = _yaml_mapping(data)
+    if mapping is not None:
+        return UserData(data, "yaml", mapping)
+    return UserData(data, "other", None)
+
+
+def _yaml_mapping(data: bytes) -> dict | None:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not text.strip() or "\0" in text:
+        return None
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        if text.startswith("#cloud-config"):
+            raise UserDataError("compute.userData says #cloud-config but is not valid YAML") from None
+        return None
+    except RecursionError:
+        raise UserDataError("compute.userData YAML is nested too deeply") from None
+    return value if isinstance(value, dict) else None

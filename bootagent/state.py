@@ -1,0 +1,87 @@
+"""Per-instance memory under var/lib/bootagent: which steps are done for which instance.
+
+An instance is `compute.vmId`, compared without regard to case. A step that succeeded
+for this instance is not run again; one that failed is. A new vmId forgets everything.
+Host keys keep an instance of their own (the DMI system UUID, else the vmId), because
+they must change once per VM and never later, even when IMDS was not reached.
+"""
+
+from __future__ import annotations
+
+import json
+
+from bootagent import writer
+from bootagent.context import Context
+
+STATE_DIR = "/var/lib/bootagent"
+INSTANCE_FILE = f"{STATE_DIR}/instance.json"
+HOST_KEYS_FILE = f"{STATE_DIR}/host-keys-instance"
+LOCK_FILE = f"{STATE_DIR}/lock"
+
+
+def _read_json(ctx: Context, logical: str) -> dict:
+    try:
+        raw = writer.read_file(ctx, logical, limit=1 << 20)
+        value = json.loads(raw) if raw else {}
+    except (ValueError, Exception):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class InstanceState:
+    def __init__(self, data: dict):
+        self.data = data
+
+    @classmethod
+    def load(cls, ctx: Context) -> "InstanceState":
+        data = _read_json(ctx, INSTANCE_FILE)
+        if not isinstance(data.get("steps"), dict):
+            data["steps"] = {}
+        return cls(data)
+
+    @property
+    def instance_id(self) -> str | None:
+        return self.data.get("instance_id")
+
+    def begin(self, instance_id: str) -> bool:
+        """Switch to `instance_id`; True when it is a new instance (everything runs again)."""
+        instance_id = instance_id.lower()
+        if self.instance_id == instance_id:
+            return False
+        self.data = {"instance_id": instance_id, "steps": {}}
+        return True
+
+    def done(self, step: str) -> bool:
+        return bool(self.data["steps"].get(step, {}).get("ok"))
+
+    def get(self, step: str) -> dict:
+        return self.data["steps"].get(step, {})
+
+    def record(self, step: str, ok: bool, **facts) -> None:
+        self.data["steps"][step] = {"ok": ok, **facts}
+
+    def save(self, ctx: Context) -> None:
+        body = json.dumps(self.data, sort_keys=True, indent=1).encode() + b"\n"
+        writer.write_file(ctx, INSTANCE_FILE, body, mode=0o600, internal=True)
+
+
+def host_keys_instance(ctx: Context) -> str | None:
+    raw = writer.read_file(ctx, HOST_KEYS_FILE, limit=4096)
+    return raw.decode("utf-8", "replace").strip().lower() or None if raw else None
+
+
+def set_host_keys_instance(ctx: Context, instance: str) -> None:
+    writer.write_file(ctx, HOST_KEYS_FILE, instance.lower().encode() + b"\n", mode=0o600, internal=True)
+
+
+def forget_instance(ctx: Context) -> list[str]:
+    """For `clean`: the next boot is a first boot again (host keys included)."""
+    removed = []
+    for logical in (INSTANCE_FILE, HOST_KEYS_FILE):
+        if writer.remove_file(ctx, logical):
+            removed.append(logical)
+    return removed
+
+
+def run_lock(ctx: Context):
+    return writer.exclusive_lock(ctx, LOCK_FILE)

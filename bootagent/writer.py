@@ -1,0 +1,316 @@
+"""The one writer: every file the agent touches goes through here.
+
+Promises (SPEC "Every file the agent writes"): paths stay inside the root and never
+pass through a symlink; a file is replaced atomically (hidden temp file in the same
+directory, fsync, rename, fsync of the directory) with its mode and owner set before
+the rename, and only when its bytes differ; temp files a killed run left behind are
+removed the first time a run touches their directory; in dry-run nothing changes and
+each would-be change is recorded in `ctx.changes`. The one exception to the rename
+rule is `append_record`, for files other writers share (the Hyper-V KVP pool).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import stat
+from contextlib import contextmanager
+
+from bootagent.context import Context, split_logical
+from bootagent.errors import StepError, UnsafePath
+
+TEMP_SUFFIX = ".bootagent-tmp."
+_TEMP_NAME = re.compile(r"^\..+\.bootagent-tmp\.[A-Za-z0-9_-]{6,}$")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _refuse(logical: str, where: str, err: OSError) -> Exception:
+    if err.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+        return UnsafePath(f"refusing {logical}: {where} is a symlink or not a directory; "
+                          "remove it or fix the path")
+    return StepError(f"cannot reach {logical}: {where}: {err.strerror}")
+
+
+@contextmanager
+def _directory(ctx: Context, parts: list[str], logical: str, create: bool = False,
+               mode: int = 0o755, owner: tuple[int, int] = (0, 0)):
+    """Yield an fd of the directory `parts` under the root, walked without following links."""
+    fd = os.open(ctx.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        walked = ""
+        for name in parts:
+            walked += "/" + name
+            try:
+                next_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                ctx.checkpoint()
+                os.mkdir(name, mode, dir_fd=fd)
+                next_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                os.fchmod(next_fd, mode)
+                os.fchown(next_fd, *owner)
+            except OSError as err:
+                raise _refuse(logical, walked, err) from None
+            os.close(fd)
+            fd = next_fd
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _read_at(dir_fd: int, name: str, logical: str, limit: int | None) -> tuple[bytes, os.stat_result] | None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise _refuse(logical, logical, err) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafePath(f"refusing {logical}: it is not a regular file")
+        chunks, size = [], 0
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise StepError(f"{logical} is larger than {limit} bytes; refusing to read it")
+        return b"".join(chunks), info
+    finally:
+        os.close(fd)
+
+
+def read_file(ctx: Context, logical: str, limit: int | None = None) -> bytes | None:
+    """The bytes of a file under the root, or None when it (or its directory) is missing."""
+    parts = split_logical(logical)
+    try:
+        with _directory(ctx, parts[:-1], logical) as dir_fd:
+            found = _read_at(dir_fd, parts[-1], logical, limit)
+    except FileNotFoundError:
+        return None
+    return found[0] if found else None
+
+
+def exists(ctx: Context, logical: str) -> bool:
+    return os.path.lexists(ctx.path(logical))
+
+
+def _sweep_stale_temps(ctx: Context, dir_fd: int) -> None:
+    info = os.fstat(dir_fd)
+    key = (info.st_dev, info.st_ino)
+    if key in ctx.swept_dirs:
+        return
+    ctx.swept_dirs.add(key)
+    if ctx.dry_run:
+        return
+    for name in os.listdir(dir_fd):
+        if _TEMP_NAME.match(name):
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except OSError:
+                pass
+
+
+def make_dirs(ctx: Context, logical: str, mode: int = 0o755, owner: tuple[int, int] = (0, 0)) -> bool:
+    """Make sure a directory exists (missing ones made with `mode`/`owner`); True if it was made.
+
+    An existing final directory gets `mode` and `owner` too (e.g. ~/.ssh must be 0700)."""
+    parts = split_logical(logical)
+    if ctx.dry_run:
+        if os.path.isdir(ctx.path(logical)):
+            return _fix_meta_dry(ctx, logical, mode, owner)
+        ctx.changes.append((logical, f"would create directory {logical} (mode {mode:04o})"))
+        return True
+    existed = os.path.isdir(ctx.path(logical))
+    with _directory(ctx, parts, logical, create=True, mode=mode, owner=owner) as fd:
+        info = os.fstat(fd)
+        changed = not existed
+        if stat.S_IMODE(info.st_mode) != mode or (info.st_uid, info.st_gid) != owner:
+            ctx.checkpoint()
+            os.fchown(fd, *owner)
+            os.fchmod(fd, mode)
+            changed = True
+    return changed
+
+
+def _fix_meta_dry(ctx: Context, logical: str, mode: int, owner: tuple[int, int]) -> bool:
+    info = os.lstat(ctx.path(logical))
+    if stat.S_IMODE(info.st_mode) != mode or (info.st_uid, info.st_gid) != owner:
+        ctx.changes.append((logical, f"would set {logical} to mode {mode:04o} owner {owner[0]}:{owner[1]}"))
+        return True
+    return False
+
+
+def write_file(ctx: Context, logical: str, data: bytes, *, mode: int = 0o644,
+               owner: tuple[int, int] = (0, 0), secret: bool = False, make_parents: bool = True,
+               internal: bool = False) -> bool:
+    """Atomically make `logical` hold `data` with `mode` and `owner`. True when anything changed.
+
+    `secret` keeps the content out of dry-run diffs; `internal` marks the agent's own
+    records, which a dry run neither writes nor reports."""
+    parts = split_logical(logical)
+    if not parts:
+        raise UnsafePath("refusing to write the root itself")
+    name = parts[-1]
+    if ctx.dry_run:
+        if internal:
+            return False
+        return _describe_write(ctx, logical, data, mode, owner, secret)
+    try:
+        with _directory(ctx, parts[:-1], logical, create=make_parents) as dir_fd:
+            _sweep_stale_temps(ctx, dir_fd)
+            found = _read_at(dir_fd, name, logical, None)
+            if found is not None and found[0] == data:
+                info = found[1]
+                if stat.S_IMODE(info.st_mode) == mode and (info.st_uid, info.st_gid) == owner:
+                    return False
+                _set_meta_in_place(ctx, dir_fd, name, mode, owner)
+                return True
+            _replace(ctx, dir_fd, name, data, mode, owner)
+            return True
+    except FileNotFoundError:
+        raise StepError(f"cannot write {logical}: its directory does not exist") from None
+    except OSError as err:
+        raise StepError(f"cannot write {logical}: {err.strerror or err}; "
+                        "check free space and that the file system is writable") from None
+
+
+def _set_meta_in_place(ctx: Context, dir_fd: int, name: str, mode: int, owner: tuple[int, int]) -> None:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        ctx.checkpoint()
+        os.fchown(fd, *owner)
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace(ctx: Context, dir_fd: int, name: str, data: bytes, mode: int, owner: tuple[int, int]) -> None:
+    temp = f".{name}{TEMP_SUFFIX}{secrets.token_hex(4)}"
+    ctx.checkpoint()
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                 dir_fd=dir_fd)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchown(fd, *owner)
+            os.fchmod(fd, mode)
+            ctx.checkpoint()
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        ctx.checkpoint()
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(temp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+    ctx.checkpoint()
+    os.fsync(dir_fd)
+
+
+def _describe_write(ctx: Context, logical: str, data: bytes, mode: int, owner: tuple[int, int],
+                    secret: bool) -> bool:
+    current = read_file(ctx, logical)
+    if current == data:
+        if current is not None:
+            return _fix_meta_dry(ctx, logical, mode, owner)
+        return False
+    if secret:
+        text = f"would write {logical} ({len(data)} bytes, content not shown), mode {mode:04o}"
+    else:
+        text = _unified_diff(logical, current, data)
+    ctx.changes.append((logical, text))
+    return True
+
+
+def _unified_diff(logical: str, old: bytes | None, new: bytes) -> str:
+    import difflib
+
+    try:
+        old_lines = (old or b"").decode("utf-8").splitlines(keepends=True)
+        new_lines = new.decode("utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError:
+        return f"binary file {logical} would change ({len(new)} bytes)"
+    before = "/dev/null" if old is None else f"a{logical}"
+    return "".join(difflib.unified_diff(old_lines, new_lines, before, f"b{logical}"))
+
+
+def remove_file(ctx: Context, logical: str) -> bool:
+    """Remove a file (never a directory, never through a symlink). True when it was there."""
+    parts = split_logical(logical)
+    if ctx.dry_run:
+        if os.path.lexists(ctx.path(logical)):
+            ctx.changes.append((logical, f"would remove {logical}"))
+            return True
+        return False
+    try:
+        with _directory(ctx, parts[:-1], logical) as dir_fd:
+            ctx.checkpoint()
+            os.unlink(parts[-1], dir_fd=dir_fd)
+            os.fsync(dir_fd)
+            return True
+    except FileNotFoundError:
+        return False
+    except IsADirectoryError:
+        raise StepError(f"refusing to remove {logical}: it is a directory") from None
+
+
+def list_dir(ctx: Context, logical: str) -> list[str]:
+    """Names in a directory under the root (walked without following links); [] when missing."""
+    parts = split_logical(logical)
+    try:
+        with _directory(ctx, parts, logical) as dir_fd:
+            return sorted(os.listdir(dir_fd))
+    except FileNotFoundError:
+        return []
+
+
+def append_record(ctx: Context, logical: str, record: bytes, mode: int = 0o644) -> None:
+    """Append one whole record under an exclusive flock; existing records are never rewritten."""
+    import fcntl
+
+    parts = split_logical(logical)
+    if ctx.dry_run:
+        ctx.changes.append((logical, f"would append a {len(record)}-byte record to {logical}"))
+        return
+    with _directory(ctx, parts[:-1], logical) as dir_fd:
+        ctx.checkpoint()
+        fd = os.open(parts[-1], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     mode, dir_fd=dir_fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            view = memoryview(record)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def exclusive_lock(ctx: Context, logical: str):
+    """Hold an flock on `logical` for the block. The kernel drops it when a run dies, so a
+    lock left by a killed run never blocks the next one."""
+    import fcntl
+
+    parts = split_logical(logical)
+    with _directory(ctx, parts[:-1], logical, create=True) as dir_fd:
+        fd = os.open(parts[-1], os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=dir_fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,91 @@
+"""Shared fixtures: a scratch root that `useradd --root` accepts, a Context on it, and the
+project's own fake IMDS on a free loopback port (it counts the requests it gets)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bootagent import config as config_mod
+from bootagent.context import Context
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+BOOTAGENT = str(VENV_BIN / "bootagent")
+
+PASSWD = "root:x:0:0:root:/root:/bin/bash\n"
+GROUP = "root:x:0:\nsudo:x:27:\nusers:x:100:\n"
+SHADOW = "root:*:19000:0:99999:7:::\n"
+GSHADOW = "root:*::\nsudo:*::\nusers:*::\n"
+
+
+def build_root(path: Path) -> Path:
+    """A minimal root: account databases, /etc/hosts, /etc/ssh/sshd_config, /home."""
+    for sub in ("etc/ssh", "home", "root", "tmp", "var/lib", "run"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    (path / "etc/passwd").write_text(PASSWD)
+    (path / "etc/group").write_text(GROUP)
+    (path / "etc/shadow").write_text(SHADOW)
+    (path / "etc/gshadow").write_text(GSHADOW)
+    os.chmod(path / "etc/shadow", 0o640)
+    os.chmod(path / "etc/gshadow", 0o640)
+    (path / "etc/hosts").write_text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n")
+    (path / "etc/hostname").write_text("localhost\n")
+    (path / "etc/ssh/sshd_config").write_text("# test sshd_config\nPasswordAuthentication no\n")
+    return path
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return build_root(tmp_path / "root")
+
+
+@pytest.fixture
+def make_ctx(root: Path):
+    def make(**overrides) -> Context:
+        cfg = config_mod.defaults()
+        for section, values in overrides.pop("config", {}).items():
+            if isinstance(values, dict):
+                cfg[section].update(values)
+            else:
+                cfg[section] = values
+        return Context(root=str(root), config=cfg, **overrides)
+    return make
+
+
+def b64(text: str | bytes) -> str:
+    data = text.encode() if isinstance(text, str) else text
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture
+def document():
+    """A fresh copy of the fake IMDS's default Linux VM document."""
+    from bootagent.fake.server import default_document
+    return copy.deepcopy(default_document())
+
+
+@pytest.fixture
+def fake_imds(document):
+    from bootagent.fake.server import FakeImds
+    with FakeImds(document) as fake:
+        yield fake
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 120, input: str | None = None):
+    """Run the installed `bootagent` console script; returns CompletedProcess with text output."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BOOTAGENT_")}
+    full_env.update(env or {})
+    return subprocess.run([BOOTAGENT, *args], capture_output=True, text=True, timeout=timeout,
+                          env=full_env, input=input)
+
+
+def result_json(root: Path) -> dict:
+    return json.loads((root / "run/bootagent/result.json").read_text())
