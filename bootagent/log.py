@@ -1,0 +1,82 @@
+"""Log lines and progress: to the journal with structured fields when systemd runs us,
+else to stderr. The agent keeps no log file of its own.
+
+Journal fields: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER=bootagent, BOOTAGENT_STEP and
+BOOTAGENT_INSTANCE_ID. systemd-python is optional: its C modules are imported only
+when a journal is there (they cost little; the Python wrappers cost more).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+PRIORITIES = {"error": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7}
+
+
+class Log:
+    def __init__(self, env=os.environ, stream=None, quiet: bool = False):
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.instance_id = ""
+        self._sendv = None
+        self._notify_socket = env.get("NOTIFY_SOCKET", "")
+        if env.get("JOURNAL_STREAM") or env.get("INVOCATION_ID"):
+            try:
+                from systemd._journal import sendv
+                self._sendv = sendv
+            except ImportError:
+                pass
+
+    def _emit(self, level: str, message: str, step: str | None) -> None:
+        if self._sendv is not None:
+            fields = [f"MESSAGE={message}", f"PRIORITY={PRIORITIES[level]}",
+                      "SYSLOG_IDENTIFIER=bootagent"]
+            if step:
+                fields.append(f"BOOTAGENT_STEP={step}")
+            if self.instance_id:
+                fields.append(f"BOOTAGENT_INSTANCE_ID={self.instance_id}")
+            try:
+                self._sendv(*fields)
+                return
+            except OSError:
+                pass
+        if self.quiet and level in ("info", "debug"):
+            return
+        prefix = f"bootagent: {step}: " if step else "bootagent: "
+        self.stream.write(f"{prefix}{message}\n")
+        self.stream.flush()
+
+    def info(self, message: str, step: str | None = None) -> None:
+        self._emit("info", message, step)
+
+    def warning(self, message: str, step: str | None = None) -> None:
+        self._emit("warning", message, step)
+
+    def error(self, message: str, step: str | None = None) -> None:
+        self._emit("error", message, step)
+
+    def notify(self, text: str) -> None:
+        """sd_notify, spoken directly on the socket: no import, and a no-op outside systemd."""
+        if not self._notify_socket:
+            return
+        import socket
+
+        address = self._notify_socket
+        if address.startswith("@"):
+            address = "\0" + address[1:]
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.connect(address)
+                sock.sendall(text.encode())
+        except OSError:
+            pass
+
+    def status(self, text: str) -> None:
+        self.notify(f"STATUS={text}")
+
+
+def log(ctx, level: str, message: str, step: str | None = None) -> None:
+    """Log through ctx.log when there is one (tests may build a Context without it)."""
+    if ctx.log is not None:
+        getattr(ctx.log, level)(message, step=step)

@@ -1,0 +1,53 @@
+"""The record of a run: `<root>/run/bootagent/result.json`, written once at the end.
+
+`bootagent status` reads it back; a run that starts writes nothing here until it
+ends, so "no result in this boot" means "not finished".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from bootagent import writer
+from bootagent.context import Context
+from bootagent.steps import ORDER, StepResult
+
+RESULT_DIR = "/run/bootagent"
+RESULT_PATH = f"{RESULT_DIR}/result.json"
+
+
+def iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else ""
+
+
+def build(*, instance_id: str | None, started: float, finished: float, imds: dict,
+          results: dict[str, StepResult], error: str | None = None) -> dict:
+    ok = error is None and all(r.ok for r in results.values())
+    record = {
+        "status": "ok" if ok else "error",
+        "instance_id": instance_id,
+        "started": iso(started),
+        "finished": iso(finished),
+        "imds": imds,
+        "steps": {name: results[name].to_json() for name in ORDER if name in results},
+    }
+    if error is not None:
+        record["error"] = error
+    return record
+
+
+def write(ctx: Context, record: dict) -> None:
+    body = json.dumps(record, indent=2, sort_keys=False).encode() + b"\n"
+    writer.write_file(ctx, RESULT_PATH, body, mode=0o644, internal=True)
+
+
+def read(ctx: Context) -> dict | None:
+    raw = writer.read_file(ctx, RESULT_PATH, limit=1 << 20)
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

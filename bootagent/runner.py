@@ -1,0 +1,203 @@
+"""The boot run: one pass from configuration to result.json (SPEC "The boot run").
+
+    lock ─> host keys start (beside the fetch when the DMI UUID is known)
+         ─> fetch the document ─> per-instance steps, gated by state ─> templates
+         ─> join host keys ─> report ─> userData script ─> state, result.json
+
+A step never stops the others: its failure is recorded and the run goes on. Nothing
+here exits or prints; the CLI turns the returned code into the process's exit status.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from bootagent import result, writer
+from bootagent.boot import Boot
+from bootagent.context import Context
+from bootagent.errors import BootagentError, DocumentError
+from bootagent.imds.document import Instance, parse_body
+from bootagent.log import log
+from bootagent.state import InstanceState, run_lock
+from bootagent.steps import StepResult
+
+PER_INSTANCE = ("hostname", "users", "ssh_keys", "userdata")
+MAX_METADATA_FILE = 4 << 20
+
+
+def resolve_imds_url(value: str, env) -> tuple[str, bool]:
+    """`auto`: IMDS_ENDPOINT when the Arc agent set it (then we are on Arc), else Azure's address."""
+    if value == "auto":
+        arc = env.get("IMDS_ENDPOINT", "").strip()
+        return (arc.rstrip("/"), True) if arc else ("http://169.254.169.254", False)
+    return value.rstrip("/"), False
+
+
+class HostKeysJob:
+    """Host keys need no document: generate them beside the fetch, join before the result."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.result: StepResult | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self, vm_id: str | None) -> None:
+        self.thread = threading.Thread(target=self._run, args=(vm_id,), daemon=True)
+        self.thread.start()
+
+    def _run(self, vm_id: str | None) -> None:
+        from bootagent.steps import host_keys
+        self.result = _guarded("host_keys", lambda: host_keys.run(self.ctx, vm_id))
+
+    def finish(self, vm_id: str | None) -> StepResult:
+        if self.thread is None:
+            self._run(vm_id)
+        else:
+            self.thread.join()
+        return self.result
+
+
+def _guarded(name: str, call) -> StepResult:
+    """Run one step; whatever it raises becomes its failure, never the run's."""
+    try:
+        return call()
+    except BootagentError as err:
+        return StepResult.failed(str(err))
+    except Exception as err:  # a bug must not cost the other steps
+        return StepResult.failed(f"internal error in step {name}: {type(err).__name__}: {err}; "
+                                 "please report it")
+
+
+def run(ctx: Context, *, metadata_file: str | None = None) -> tuple[int, dict]:
+    """The boot job. Returns (exit code, the result record)."""
+    started = ctx.wall()
+    with run_lock(ctx) if not ctx.dry_run else _nothing():
+        host_keys_job = HostKeysJob(ctx)
+        if _host_keys_early(ctx):
+            host_keys_job.start(None)
+        imds_info = {"url": ctx.imds_url if not metadata_file else f"file:{metadata_file}",
+                     "api_version": ctx.config["imds"]["api_version"], "requests": 0}
+        try:
+            instance = _fetch(ctx, metadata_file, imds_info)
+        except BootagentError as err:
+            results = {"host_keys": host_keys_job.finish(None)}
+            _log_step(ctx, "host_keys", results["host_keys"])
+            log(ctx, "error", str(err))
+            record = result.build(instance_id=None, started=started, finished=ctx.wall(),
+                                  imds=imds_info, results=results, error=str(err))
+            result.write(ctx, record)
+            code = 2 if metadata_file and isinstance(err, DocumentError) else err.exit_code
+            return code, record
+        boot = _provision(ctx, instance, imds_info["api_version"], host_keys_job)
+        record = result.build(instance_id=instance.vm_id, started=started, finished=ctx.wall(),
+                              imds=imds_info, results=boot.results)
+        result.write(ctx, record)
+    return (0 if record["status"] == "ok" else 1), record
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _host_keys_early(ctx: Context) -> bool:
+    if ctx.config["ssh"]["host_keys"] == "off" or not writer.exists(ctx, "/etc/ssh/sshd_config"):
+        return False
+    from bootagent.steps import host_keys
+    return host_keys.dmi_uuid(ctx) is not None
+
+
+def _fetch(ctx: Context, metadata_file: str | None, imds_info: dict) -> Instance:
+    if metadata_file:
+        try:
+            with open(metadata_file, "rb") as handle:
+                body = handle.read(MAX_METADATA_FILE + 1)
+        except OSError as err:
+            raise DocumentError(f"cannot read --metadata-file {metadata_file}: {err.strerror}") from None
+        if len(body) > MAX_METADATA_FILE:
+            raise DocumentError(f"--metadata-file {metadata_file} is larger than {MAX_METADATA_FILE} bytes")
+        return parse_body(body, f"--metadata-file {metadata_file}")
+    from bootagent.http import Http
+    from bootagent.imds.client import ImdsClient
+
+    ctx.log.status("fetching the instance document")
+    http = Http(ctx.clock, ctx.sleep)
+    client = ImdsClient(http, ctx.imds_url, ctx.config["imds"]["api_version"])
+    try:
+        return client.fetch_document(ctx.deadline)
+    finally:
+        imds_info["requests"] = http.attempts
+        imds_info["api_version"] = client.api_version
+
+
+def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job: HostKeysJob) -> Boot:
+    from bootagent.steps import hostname, report, ssh_keys, templates, userdata, users
+
+    if ctx.log is not None:
+        ctx.log.instance_id = instance.instance_id
+    state = InstanceState.load(ctx)
+    boot = Boot(instance, state, state.begin(instance.instance_id), api_version)
+    if not boot.new_instance:
+        boot.hostname = state.get("hostname").get("hostname")
+    steps = {"hostname": hostname.run, "users": users.run, "ssh_keys": ssh_keys.run,
+             "userdata": userdata.run}
+    for name in ("hostname", "users", "ssh_keys"):
+        _per_instance(ctx, boot, name, steps[name])
+    boot.results["host_keys"] = host_keys_job.finish(instance.vm_id)
+    _log_step(ctx, "host_keys", boot.results["host_keys"])
+    _per_instance(ctx, boot, "userdata", userdata.run)
+    _step(ctx, boot, "templates", templates.run)
+    _step(ctx, boot, "report_ready", report.run)
+    _run_script(ctx, boot)
+    if not ctx.dry_run:
+        state.save(ctx)
+    return boot
+
+
+def _per_instance(ctx: Context, boot: Boot, name: str, call) -> None:
+    if boot.state.done(name):
+        boot.results[name] = StepResult("unchanged")
+        _log_step(ctx, name, boot.results[name])
+        return
+    _step(ctx, boot, name, call)
+    outcome = boot.results[name]
+    if outcome.status in ("changed", "unchanged"):
+        facts = {"hostname": boot.hostname} if name == "hostname" else {}
+        boot.state.record(name, True, **facts)
+    elif outcome.status == "failed":
+        boot.state.record(name, False)
+
+
+def _step(ctx: Context, boot: Boot, name: str, call) -> None:
+    if ctx.log is not None:
+        ctx.log.status(f"step {name}")
+    boot.results[name] = _guarded(name, lambda: call(ctx, boot))
+    _log_step(ctx, name, boot.results[name])
+
+
+def _run_script(ctx: Context, boot: Boot) -> None:
+    """A userData script runs once per instance, last, whatever its exit status."""
+    outcome = boot.results.get("userdata")
+    if outcome is None or outcome.details.get("script") != "pending":
+        return
+    if boot.state.get("userdata").get("script_started"):
+        outcome.details["script"] = "already ran for this instance"
+        return
+    from bootagent.steps import userdata
+
+    if ctx.live and not ctx.dry_run and ctx.config["userdata"]["run_scripts"]:
+        boot.state.record("userdata", True, script_started=True)
+        boot.state.save(ctx)
+    final = _guarded("userdata", lambda: userdata.run_script(ctx, boot))
+    final.changed = outcome.changed + [p for p in final.changed if p not in outcome.changed]
+    boot.results["userdata"] = final
+    _log_step(ctx, "userdata", final)
+
+
+def _log_step(ctx: Context, name: str, outcome: StepResult) -> None:
+    detail = outcome.error or outcome.reason or ", ".join(outcome.changed)
+    level = "error" if outcome.status == "failed" else "info"
+    log(ctx, level, f"{outcome.status}{': ' + detail if detail else ''}", step=name)
