@@ -1,0 +1,168 @@
+"""Step `users` (SPEC step 4): the admin account, created once per instance.
+
+Every field is checked before anything changes, so a bad document creates nothing.
+The account is made by the system's own `useradd` (`--root` when provisioning an
+image), never by editing /etc/passwd, so shadow, gshadow, the home and its skeleton
+come out exactly as the distribution makes them. An account that exists is left as
+it is: the image's owner may have set it up on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+from bootagent import accounts, writer
+from bootagent.boot import Boot
+from bootagent.context import Context
+from bootagent.errors import StepError
+from bootagent.log import log
+from bootagent.steps import StepResult
+
+STEP = "users"
+NAME_FIELD = "compute.osProfile.adminUsername"
+PASSWORD_FIELD = "compute.osProfile.disablePasswordAuthentication"
+# searched after the context's PATH: a `su` shell on Debian has no sbin in its PATH
+SYSTEM_BIN_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
+TOOL_TIMEOUT = 60
+_USERADD_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+def skip_reason(ctx: Context, instance) -> str | None:
+    """Why there is no admin user to provision (shared with ssh_keys), or None."""
+    if not ctx.config.get("users", {}).get("enabled", True):
+        return "users disabled in the configuration"
+    if instance is None:
+        return "no instance document"
+    if not instance.has_os_profile:
+        return "no osProfile in the document"
+    if instance.admin_username is None:
+        return "no adminUsername in the document"
+    return None
+
+
+def check_username(name: object) -> str:
+    """The admin name when `useradd` accepts it by default; StepError naming the field."""
+    if isinstance(name, str) and _USERADD_NAME.fullmatch(name):
+        return name
+    shown = repr(name)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    raise StepError(f"{NAME_FIELD} {shown} is not a name useradd accepts (lower-case letters, "
+                    "digits, '_' and '-', starting with a letter or '_', at most 32 characters); "
+                    "fix the VM's admin username")
+
+
+def password_disabled(value: object) -> bool:
+    """disablePasswordAuthentication as IMDS sends it ("true"/"false"), a JSON boolean, or absent."""
+    if value is None or value == "":
+        return False
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "false"):
+        return value == "true"
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    raise StepError(f'{PASSWORD_FIELD} must be "true" or "false", not {shown}; fix the document')
+
+
+def run(ctx: Context, boot: Boot) -> StepResult:
+    reason = skip_reason(ctx, boot.instance)
+    if reason:
+        return StepResult.skipped(reason)
+    name = check_username(boot.instance.admin_username)
+    lock = password_disabled(boot.instance.disable_password_auth)
+    existing = accounts.user(ctx, name)
+    if existing is not None:
+        boot.admin = existing
+        return StepResult.done([])
+    groups = _existing_groups(ctx)
+    if ctx.dry_run:
+        locked = ", password locked" if lock else ""
+        ctx.changes.append(("/etc/passwd", f"would create user {name} in groups "
+                                           f"{', '.join(groups) or '(none)'}{locked}"))
+        return StepResult.done(["/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow"])
+    before = _databases(ctx)
+    _tool(ctx, "useradd", "-m", "-s", "/bin/bash", *(["-G", ",".join(groups)] if groups else []), name)
+    account = accounts.user(ctx, name)
+    if account is None:
+        raise StepError(f"useradd reported success but {name} is not in "
+                        f"{ctx.path('/etc/passwd')}; check the root's account databases")
+    if lock:
+        lock_password(ctx, name)
+    boot.admin = account
+    after = _databases(ctx)
+    changed = [path for path in before if before[path] != after[path]]
+    if account.home.startswith("/") and writer.exists(ctx, account.home):
+        changed.append(account.home)
+    return StepResult.done(changed)
+
+
+def lock_password(ctx: Context, name: str) -> bool:
+    """Make sure `name`'s password is locked; True when `usermod -L` had to lock it."""
+    if _password_locked(ctx, name):
+        return False
+    _tool(ctx, "usermod", "-L", name)
+    if not _password_locked(ctx, name):
+        raise StepError(f"usermod -L did not lock the password of {name} in "
+                        f"{ctx.path('/etc/shadow')}; lock it by hand with `passwd -l {name}`")
+    return True
+
+
+def _password_locked(ctx: Context, name: str) -> bool:
+    raw = writer.read_file(ctx, "/etc/shadow", limit=64 << 20) or b""
+    for line in raw.decode("utf-8", "replace").splitlines():
+        fields = line.split(":")
+        if fields[0] == name and len(fields) > 1:
+            return fields[1].startswith("!") or fields[1] == "*"
+    raise StepError(f"{name} has no entry in {ctx.path('/etc/shadow')}; check the root's shadow file")
+
+
+def _existing_groups(ctx: Context) -> list[str]:
+    """The configured groups that the root has; a warning for each one it lacks."""
+    known = accounts.groups(ctx)
+    present = []
+    for group in ctx.config.get("users", {}).get("groups", []):
+        if group in known:
+            present.append(group)
+        else:
+            log(ctx, "warning", f"group {group} does not exist in {ctx.path('/etc/group')}; "
+                                "the admin user is created without it", step=STEP)
+    return present
+
+
+def _databases(ctx: Context) -> dict[str, bytes | None]:
+    return {path: writer.read_file(ctx, path, limit=64 << 20)
+            for path in ("/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow")}
+
+
+def _tool(ctx: Context, tool: str, *args: str) -> None:
+    """Run useradd/usermod on the root (`--root` unless live); StepError with one line on failure."""
+    search = os.pathsep.join([ctx.env.get("PATH", ""), *SYSTEM_BIN_DIRS])
+    binary = shutil.which(tool, path=search)
+    if binary is None:
+        raise StepError(f"{tool} not found (searched {search.strip(os.pathsep)}); "
+                        "install the distribution's passwd package")
+    command = [binary, *([] if ctx.live else ["--root", ctx.root]), *args]
+    env = {"PATH": search, "LC_ALL": "C"}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, errors="replace",
+                              timeout=TOOL_TIMEOUT, env=env, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise StepError(f"{tool} for {args[-1]} did not finish within {TOOL_TIMEOUT} s; "
+                        "check the root's account databases and locks") from None
+    except OSError as err:
+        raise StepError(f"cannot run {binary}: {err.strerror}") from None
+    if done.returncode != 0:
+        raise StepError(f"{tool} failed for {args[-1]} (exit {done.returncode}): "
+                        f"{_summary(done.stderr)}")
+
+
+def _summary(stderr: str) -> str:
+    """useradd's complaint on one bounded line, its warnings left out when there is more."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    lines = [re.sub(r"^(useradd|usermod): ", "", line) for line in lines]
+    serious = [line for line in lines if not line.startswith("Warning:")] or lines
+    text = "; ".join(serious) or "no message"
+    return text if len(text) <= 300 else text[:297] + "..."
