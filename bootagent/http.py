@@ -56,11 +56,16 @@ class Http:
         self.session.trust_env = False
         self.session.headers.update({"User-Agent": f"bootagent/{__version__}"})
 
+    def _rate_wait(self) -> float:
+        """Seconds until one more request keeps the last second at RATE_MAX or fewer."""
+        if len(self._sent) < RATE_MAX:
+            return 0.0
+        return max(0.0, self._sent[0] + RATE_WINDOW - self.clock())
+
     def _wait_for_rate(self) -> None:
-        if len(self._sent) == RATE_MAX:
-            wait = self._sent[0] + RATE_WINDOW - self.clock()
-            if wait > 0:
-                self.sleep(wait)
+        wait = self._rate_wait()
+        if wait > 0:
+            self.sleep(wait)
 
     def send(self, method: str, url: str, *, headers: dict, data: bytes | None = None,
              timeout: float = READ_TIMEOUT) -> Response:
@@ -107,26 +112,28 @@ class Http:
             remaining = deadline - self.clock()
             if remaining <= 0:
                 raise HttpError(f"{what} did not succeed before the deadline; last error: {last}")
-            delay = backoff
+            quick, retry_after = False, 0.0
             try:
                 answer = self.send(method, url, headers=headers, data=data,
                                    timeout=min(READ_TIMEOUT, remaining))
                 if answer.status in RETRY_STATUSES:
                     last = f"HTTP {answer.status} from {url}"
-                    delay = max(backoff, _retry_after(answer))
+                    retry_after = _retry_after(answer)
                 else:
                     return accept(answer)
             except HttpError as err:
                 if not err.retryable:
                     raise
                 last = str(err)
-                if err.quick:
-                    delay = QUICK_RETRY
+                quick = err.quick
             except RetryLater as err:
                 last = str(err)
-            if delay is backoff:
+            if quick:
+                delay = QUICK_RETRY * random.uniform(0.8, 1.2)
+            else:  # jitter the backoff, never the server's Retry-After
+                delay = max(backoff * random.uniform(0.8, 1.2), retry_after)
                 backoff = min(MAX_BACKOFF, backoff * 2)
-            delay *= random.uniform(0.8, 1.2)
+            delay = max(delay, self._rate_wait())  # the rate cap's wait is part of this one
             remaining = deadline - self.clock()
             if remaining <= 0:
                 raise HttpError(f"{what} did not succeed before the deadline; last error: {last}")

@@ -61,15 +61,14 @@ class ImdsClient:
             url = make_url()
             try:
                 return self.http.retrying("GET", url, headers=HEADERS, deadline=deadline,
-                                          accept=accept, what=what)
+                                          accept=accept, what=f"{what} from {self.base_url}")
             except HttpError as err:
                 fallback = _fallback_version(err) if attempt == 0 else None
                 if fallback and fallback != self.api_version:
                     self.api_version = fallback
                     continue
                 if err.status is None:
-                    raise ImdsUnavailable(f"{what} from {self.base_url} failed: {err}; "
-                                          "check the network with `bootagent doctor`") from None
+                    raise ImdsUnavailable(f"{err}; check the network with `bootagent doctor`") from None
                 raise ImdsUnavailable(str(err) + "; check imds.api_version and the URL") from None
         raise AssertionError("unreachable")
 
