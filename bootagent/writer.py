@@ -122,11 +122,14 @@ def make_dirs(ctx: Context, logical: str, mode: int = 0o755, owner: tuple[int, i
 
     An existing final directory gets `mode` and `owner` too (e.g. ~/.ssh must be 0700)."""
     parts = split_logical(logical)
-    if ctx.dry_run:
-        if os.path.isdir(ctx.path(logical)):
-            return _fix_meta_dry(ctx, logical, mode, owner)
-        ctx.changes.append((logical, f"would create directory {logical} (mode {mode:04o})"))
-        return True
+    if ctx.dry_run:  # walked as the real run walks it, so it refuses what the real run refuses
+        try:
+            with _directory(ctx, parts, logical) as fd:
+                info = os.fstat(fd)
+        except FileNotFoundError:
+            ctx.changes.append((logical, f"would create directory {logical} (mode {mode:04o})"))
+            return True
+        return _fix_meta_dry(ctx, logical, mode, owner, info)
     existed = os.path.isdir(ctx.path(logical))
     with _directory(ctx, parts, logical, create=True, mode=mode, owner=owner) as fd:
         info = os.fstat(fd)
@@ -139,8 +142,9 @@ def make_dirs(ctx: Context, logical: str, mode: int = 0o755, owner: tuple[int, i
     return changed
 
 
-def _fix_meta_dry(ctx: Context, logical: str, mode: int, owner: tuple[int, int]) -> bool:
-    info = os.lstat(ctx.path(logical))
+def _fix_meta_dry(ctx: Context, logical: str, mode: int, owner: tuple[int, int],
+                  info: os.stat_result | None = None) -> bool:
+    info = info or os.lstat(ctx.path(logical))
     if stat.S_IMODE(info.st_mode) != mode or (info.st_uid, info.st_gid) != owner:
         ctx.changes.append((logical, f"would set {logical} to mode {mode:04o} owner {owner[0]}:{owner[1]}"))
         return True
@@ -251,10 +255,13 @@ def remove_file(ctx: Context, logical: str) -> bool:
     """Remove a file (never a directory, never through a symlink). True when it was there."""
     parts = split_logical(logical)
     if ctx.dry_run:
-        if os.path.lexists(ctx.path(logical)):
-            ctx.changes.append((logical, f"would remove {logical}"))
-            return True
-        return False
+        try:
+            with _directory(ctx, parts[:-1], logical) as dir_fd:
+                os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        ctx.changes.append((logical, f"would remove {logical}"))
+        return True
     try:
         with _directory(ctx, parts[:-1], logical) as dir_fd:
             ctx.checkpoint()
