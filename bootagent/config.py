@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 
-from bootagent import writer
+from bootagent import __version__, writer
 from bootagent.context import Context, split_logical
 from bootagent.errors import ConfigError, UnsafePath
 from bootagent.imds.versions import SUPPORTED_API_VERSIONS
@@ -60,7 +60,8 @@ def load(ctx: Context, explicit: str | None = None) -> dict:
             return defaults()
     if len(data) > MAX_CONFIG:
         raise ConfigError(f"{source} is larger than {MAX_CONFIG} bytes; is it the right file?")
-    digest = hashlib.sha256(data).hexdigest()
+    # keyed by the agent's version too: another version may validate the same bytes otherwise
+    digest = hashlib.sha256(__version__.encode() + b"\0" + data).hexdigest()
     cached = _cached(ctx, digest)
     if cached is not None:
         return cached
@@ -140,6 +141,8 @@ def _check(key: str, value: object, source: str) -> object:
         if not isinstance(value, str) or not (value == "auto" or _URL.match(value)):
             raise bad("'auto' or an http:// URL")
     elif key == "imds.api_version":
+        if hasattr(value, "isoformat") and not isinstance(value, str):
+            value = value.isoformat()  # unquoted 2021-08-01 is a date to YAML; the user meant the text
         if value not in SUPPORTED_API_VERSIONS:
             raise bad(f"one of the supported api-versions ({SUPPORTED_API_VERSIONS[0]} … "
                       f"{SUPPORTED_API_VERSIONS[-1]})")
@@ -194,10 +197,17 @@ def _template_entry(entry: object, index: int, source: str) -> dict:
 
 
 def _mode(value: object, where: str) -> int:
-    """'0644' (a string of octal digits) or 0644 unquoted, which YAML reads as an octal int."""
+    """'0644' (a string of octal digits) or 0644 unquoted, which YAML reads as an octal int.
+
+    An unquoted 644 is the decimal 644 to YAML (0o1204, sticky and owner write-only), so
+    an int above 0o777 is refused with the fix: quote the mode (special bits too)."""
     if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3,4}", value):
         mode = int(value, 8)
     elif isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= 0o777:
+            meant = f"0{value}" if re.fullmatch(r"[0-7]{3,4}", str(value)) else "0644"
+            raise ConfigError(f"{where}.mode {value} is a decimal number to YAML, not an octal "
+                              f"mode; quote it, e.g. mode: \"{meant}\"")
         mode = value
     else:
         raise ConfigError(f"{where}.mode must be an octal mode such as \"0644\", not {value!r}")
