@@ -1,0 +1,139 @@
+"""The ``bootagent fake-imds`` command: options, and the body that serves until a
+signal. ``add_arguments`` lets the main CLI reuse the options; ``main`` makes
+``python -m bootagent.fake`` work on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from .faults import FaultPlanError
+from .imds import load_document
+
+FAKE_IMDS_HELP = (
+    "Serve a local Azure IMDS (instance metadata, api-versions, managed-identity "
+    "tokens) and wireserver (goal state, health reports) on one port, behaving as "
+    "the IMDS documentation says, to test images and templates without Azure. The "
+    "URL it listens on is the first line of its output; each request is logged as "
+    "one JSON line; SIGTERM or Ctrl-C stops it cleanly."
+)
+
+FAULT_HELP = (
+    "comma-separated faults for the first requests, in order: an HTTP status "
+    "(500, 410, 429, 404, 400...), slow:SECONDS, hang, reset, truncate, html, "
+    "big:SIZE (e.g. big:20M), notdoc; prefix ws: or id: to aim at the wireserver "
+    "or the identity endpoint instead of /metadata/instance; suffix * to never "
+    "recover (or always:FAULT) or *N for N requests; versions:V1+V2 restricts "
+    "the api-versions served. Example: 500,410,429,ws:500"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The fake-imds options, for this module's parser and for the main CLI's."""
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0,
+                        help="port to listen on (default 0: a free port, printed at start)")
+    parser.add_argument("--metadata", metavar="FILE",
+                        help="serve this instance document (JSON) instead of the shipped "
+                             "Linux VM example")
+    parser.add_argument("--fault", metavar="PLAN", help=FAULT_HELP)
+    parser.add_argument("--log", metavar="FILE",
+                        help="append one JSON line per request to FILE")
+    parser.add_argument("--no-identity", action="store_true",
+                        help="answer token requests as a VM without a managed identity")
+    parser.add_argument("--arc", action="store_true",
+                        help="behave as Azure Arc: 401 challenge with a secret file for "
+                             "tokens, no wireserver, no osProfile in the default document")
+    parser.add_argument("--arc-tokens-dir", metavar="DIR",
+                        help="where --arc writes its secret files (default: a temporary "
+                             "directory, removed at exit)")
+    parser.add_argument("--rate-limit", type=int, default=5, metavar="N",
+                        help="requests per second to /metadata/* before 429 "
+                             "(default 5, as IMDS; 0 disables)")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bootagent fake-imds", description=FAKE_IMDS_HELP)
+    return add_arguments(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return serve(build_parser().parse_args(argv))
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT; 0 then, 2 on a bad document, plan or address."""
+    from .server import FakeImds  # here: server.py imports this module
+
+    try:
+        fake = FakeImds(_document_from(args), faults=getattr(args, "fault", None),
+                        host=getattr(args, "host", "127.0.0.1"), port=getattr(args, "port", 0),
+                        identity=not getattr(args, "no_identity", False),
+                        arc=getattr(args, "arc", False),
+                        arc_tokens_dir=getattr(args, "arc_tokens_dir", None),
+                        log_path=getattr(args, "log", None),
+                        rate_limit=getattr(args, "rate_limit", 5))
+    except (ValueError, FaultPlanError) as exc:
+        return _usage_error(str(exc))
+    try:
+        fake.start()
+    except OSError as exc:
+        fake.stop()
+        return _usage_error(f"cannot serve on {args.host}:{args.port} "
+                            f"(or open the log): {exc.strerror or exc}")
+    stop, previous_handlers = _stop_on_signals()
+    try:
+        print(fake.url, flush=True)
+        _announce(fake)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        fake.stop()
+        _restore(previous_handlers)
+    return 0
+
+
+def _document_from(args) -> dict | None:
+    path = getattr(args, "metadata", None)
+    return load_document(path) if path else None
+
+
+def _usage_error(message: str) -> int:
+    print(f"bootagent fake-imds: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _announce(fake) -> None:
+    """What is served where, on stderr (stdout holds only the URL)."""
+    lines = [f"fake-imds: IMDS and identity at {fake.url}/metadata/"]
+    lines.append("fake-imds: no wireserver (Arc)" if fake.arc
+                 else f"fake-imds: wireserver at {fake.url}/machine/")
+    if fake.arc:
+        lines.append(f"fake-imds: Arc secret files in {fake.arc_tokens_dir}")
+    if fake.plan.text:
+        lines.append(f"fake-imds: fault plan {fake.plan.text}")
+    if fake.log_path:
+        lines.append(f"fake-imds: logging requests to {fake.log_path}")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _stop_on_signals() -> tuple[threading.Event, dict]:
+    """An event set by SIGTERM or SIGINT (no KeyboardInterrupt, no traceback)."""
+    stop = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    return stop, previous
+
+
+def _restore(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
