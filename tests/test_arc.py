@@ -19,7 +19,7 @@ from bootagent.platform import identity
 from bootagent.runner import resolve_imds_url
 from bootagent.steps import report
 
-from conftest import run_cli
+from conftest import result_json, run_cli
 from test_doctor import lines
 from test_report import make_boot, on_azure
 
@@ -229,3 +229,18 @@ def test_a_challenge_off_arc_is_not_followed(root, make_ctx, challenger):
     status, reason = lines(text)["token"]
     assert status == "FAIL" and "HTTP 401" in reason
     assert server.authorizations == [None]
+
+
+def test_cli_run_on_arc_skips_what_arc_lacks_and_exits_0(root):
+    on_azure(root)
+    with FakeImds(arc=True) as fake:
+        result = run_cli("run", "--root", str(root), "--timeout", "5", env={"IMDS_ENDPOINT": fake.url})
+        assert fake.count("/metadata/instance", "GET") == 1
+        assert fake.count("/machine", "GET") + fake.count("/machine", "POST") == 0
+    assert result.returncode == 0, result.stderr
+    record = result_json(root)
+    assert record["imds"]["url"] == fake.url
+    steps = record["steps"]
+    assert steps["users"]["status"] == "skipped" and steps["ssh_keys"]["status"] == "skipped"
+    assert steps["report_ready"] == {"status": "skipped", "changed": [], "error": None,
+                                     "reason": "on Azure Arc: no wireserver"}

@@ -19,7 +19,7 @@ from bootagent.platform import AZURE_ASSET_TAG, wireserver
 from bootagent.state import InstanceState
 from bootagent.steps import StepResult, report
 
-from conftest import b64
+from conftest import b64, result_json, run_cli
 
 SECRET = "hunter2-correct-horse-battery"
 OK_STEPS = {"hostname": StepResult("changed", ["/etc/hostname"]), "users": StepResult("changed"),
@@ -321,3 +321,51 @@ def test_health_document_round_trips_any_values(values, description):
             role.findtext("InstanceId")) == tuple(values)
     text = role.findtext("Health/Details/Description")
     assert 0 < len(text) <= 512 and "\n" not in text
+
+
+# --- end to end: `bootagent run` against the fake -------------------------------------
+
+def run_on_azure(root, fake, *extra):
+    config = root / "etc/bootagent/bootagent.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f"azure:\n  wireserver: {extra[0] if extra else fake.url}\n")
+    return run_cli("run", "--root", str(root), "--imds-url", fake.url, "--timeout", "3",
+                   env={"IMDS_ENDPOINT": ""})
+
+
+def test_cli_first_boot_reports_ready_and_the_second_reports_nothing(root, fake_imds):
+    on_azure(root)
+    first = run_on_azure(root, fake_imds)
+    assert first.returncode == 0, first.stderr
+    assert result_json(root)["steps"]["report_ready"]["status"] == "changed"
+    assert [h["state"] for h in fake_imds.health_reports] == ["Ready"]
+
+    second = run_on_azure(root, fake_imds)
+    assert second.returncode == 0, second.stderr
+    assert result_json(root)["steps"]["report_ready"]["status"] == "unchanged"
+    assert fake_imds.count("/machine", "GET") == 1 and fake_imds.count("/machine", "POST") == 1
+
+
+def test_cli_failed_step_posts_not_ready_then_ready_once_fixed(root, fake_imds, document):
+    on_azure(root)
+    good = document["compute"]["osProfile"]["adminUsername"]
+    document["compute"]["osProfile"]["adminUsername"] = "Bad Name"
+    fake_imds.document = document
+    first = run_on_azure(root, fake_imds)
+    assert first.returncode == 1
+    [health] = fake_imds.health_reports
+    assert health["state"] == "NotReady" and health["description"].startswith("failed steps: users, ssh_keys")
+
+    document["compute"]["osProfile"]["adminUsername"] = good
+    second = run_on_azure(root, fake_imds)
+    assert second.returncode == 0, second.stderr
+    assert [h["state"] for h in fake_imds.health_reports] == ["NotReady", "Ready"]
+
+
+def test_cli_unreachable_wireserver_fails_only_report_ready(root, fake_imds):
+    on_azure(root)
+    result = run_on_azure(root, fake_imds, f"http://127.0.0.1:{closed_port()}")
+    assert result.returncode == 1
+    steps = result_json(root)["steps"]
+    assert steps["report_ready"]["status"] == "failed"
+    assert all(step["status"] != "failed" for name, step in steps.items() if name != "report_ready")
