@@ -351,3 +351,19 @@ def test_directives_parse_as_sshd_does():
     assert list(host_keys.directives(text, "f")) == [
         ("hostkey", ["/a"]), ("hostkey", ["/b"]), ("hostkey", ["/d e"]), ("include", ["x/*.conf", "y"]),
         ("passwordauthentication", ["no"])]
+
+
+def test_dmi_fields_are_found_behind_the_sysfs_symlink(root, make_ctx):
+    """On Linux /sys/class/dmi/id is a symlink the writer will not follow; the agent must still
+    find the machine's UUID and Azure's asset tag under /sys/devices/virtual/dmi/id."""
+    from bootagent import platform
+
+    real = root / "sys/devices/virtual/dmi/id"
+    real.mkdir(parents=True)
+    (real / "product_uuid").write_text("4C4C4544-0000-1000-8000-000000000001\n")
+    (real / "chassis_asset_tag").write_text(platform.AZURE_ASSET_TAG + "\n")
+    (root / "sys/class").mkdir(parents=True)
+    os.symlink("../devices/virtual/dmi/id", root / "sys/class/dmi")
+    ctx = make_ctx()
+    assert host_keys.dmi_uuid(ctx) == "4c4c4544-0000-1000-8000-000000000001"
+    assert platform.on_azure(ctx)

@@ -8,16 +8,10 @@ chassis asset tag Azure gives every VM. Azure Arc is decided by the IMDS URL ins
 from __future__ import annotations
 
 AZURE_ASSET_TAG = "7783-7084-3265-9085-8269-3286-77"
-ASSET_TAG_FILE = "/sys/class/dmi/id/chassis_asset_tag"
 
 
 def on_azure(ctx) -> bool:
     """True when the DMI chassis asset tag under the root is Azure's."""
-    from bootagent import writer
-    from bootagent.errors import BootagentError
+    from bootagent import dmi
 
-    try:
-        raw = writer.read_file(ctx, ASSET_TAG_FILE, limit=4096)
-    except BootagentError:
-        return False
-    return raw is not None and raw.decode("ascii", "replace").strip() == AZURE_ASSET_TAG
+    return dmi.read_field(ctx, "chassis_asset_tag") == AZURE_ASSET_TAG

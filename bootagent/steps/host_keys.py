@@ -18,7 +18,7 @@ import base64
 import hashlib
 import re
 
-from bootagent import state, writer
+from bootagent import dmi, state, writer
 from bootagent.context import Context
 from bootagent.errors import BootagentError, StepError
 from bootagent.log import log
@@ -29,9 +29,6 @@ SSH_DIR = "/etc/ssh"
 SSHD_CONFIG = f"{SSH_DIR}/sshd_config"
 DEFAULT_KEYS = tuple(f"{SSH_DIR}/ssh_host_{kind}_key" for kind in ("rsa", "ecdsa", "ed25519"))
 KEY_TYPES = ("rsa", "ecdsa", "ed25519")  # DSA: deprecated, and gone from OpenSSH 10
-DMI_UUID_PATHS = ("/sys/class/dmi/id/product_uuid",
-                  # /sys/class/dmi/id is a symlink on Linux, and the writer follows none
-                  "/sys/devices/virtual/dmi/id/product_uuid")
 MAX_INCLUDE_DEPTH = 16  # as sshd
 MAX_CONFIG_BYTES = 1 << 20
 KEYGEN_TIMEOUT = 300.0
@@ -105,18 +102,10 @@ def instance_verdict(stored: str | None, dmi: str | None, vm_id: str | None) -> 
 
 def dmi_uuid(ctx: Context) -> str | None:
     """The DMI system UUID under the root, lower-cased; None when absent, unreadable or unset."""
-    for logical in DMI_UUID_PATHS:
-        try:
-            raw = writer.read_file(ctx, logical, limit=4096)
-        except (BootagentError, OSError):
-            continue
-        if raw is None:
-            continue
-        value = raw.decode("ascii", "replace").strip().lower()
-        digits = set(value.replace("-", ""))
-        # SMBIOS: all 0xFF means "not present", all zero "not set"
-        return value if value and digits not in ({"0"}, {"f"}) else None
-    return None
+    value = (dmi.read_field(ctx, "product_uuid") or "").lower()
+    digits = set(value.replace("-", ""))
+    # SMBIOS: all 0xFF means "not present", all zero "not set"
+    return value if value and digits not in ({"0"}, {"f"}) else None
 
 
 def configured_keys(ctx: Context) -> list[str]:
