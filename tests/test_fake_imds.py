@@ -14,6 +14,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from xml.etree import ElementTree
@@ -223,6 +224,18 @@ def test_hang_times_the_client_out_and_does_not_block_stop():
     started = time.monotonic()
     fake.stop()
     assert time.monotonic() - started < 2
+
+
+def test_hang_lets_go_of_a_client_that_gave_up():
+    with make(faults="always:hang") as fake:
+        before = threading.active_count()
+        for _ in range(3):
+            with pytest.raises((socket.timeout, TimeoutError)):
+                instance(fake, timeout=0.1)
+        deadline = time.monotonic() + 2
+        while threading.active_count() > before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert threading.active_count() <= before
 
 
 def test_reset_closes_without_an_answer():

@@ -9,6 +9,7 @@ half-used connection.
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,7 @@ from .messages import JSON_TYPE, Reply, Request
 
 MAX_BODY = 1024 * 1024
 HANG_LIMIT = 3600.0
+HANG_POLL = 0.1
 CHUNK = 64 * 1024
 
 
@@ -93,7 +95,7 @@ class FakeHandler(BaseHTTPRequestHandler):
         if kind == "slow" and stopping.wait(fault.seconds):
             kind = "reset"
         if kind == "hang":
-            stopping.wait(HANG_LIMIT)
+            self._hang()
             kind = "reset"
         if kind == "reset":
             self._reset()
@@ -148,6 +150,15 @@ class FakeHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return False
 
+    def _hang(self):
+        """Answer nothing until the server stops or the client gives up (so that an
+        ``always:hang`` plan does not pile up a thread per abandoned request)."""
+        waited, stopping = 0.0, self.server.fake.stopping
+        while waited < HANG_LIMIT and not stopping.wait(HANG_POLL):
+            waited += HANG_POLL
+            if _peer_closed(self.connection):
+                return
+
     def _reset(self):
         """Close the connection with an RST and no answer at all."""
         self.close_connection = True
@@ -157,6 +168,15 @@ class FakeHandler(BaseHTTPRequestHandler):
             self.connection.close()
         except OSError:
             pass
+
+
+def _peer_closed(connection: socket.socket) -> bool:
+    """True once the client has closed its end (readable, and nothing to read)."""
+    try:
+        readable, _, _ = select.select([connection], [], [], 0)
+        return bool(readable) and connection.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 def _plain(status: int, message: str) -> Reply:
