@@ -84,8 +84,9 @@ def serve(args: argparse.Namespace) -> int:
         fake.start()
     except OSError as exc:
         fake.stop()
-        return _usage_error(f"cannot serve on {args.host}:{args.port} "
-                            f"(or open the log): {exc.strerror or exc}")
+        where = (f"cannot open the log {exc.filename}" if exc.filename
+                 else f"cannot listen on {fake.host}:{fake.port}")
+        return _usage_error(f"{where}: {exc.strerror or exc}")
     stop, previous_handlers = _stop_on_signals()
     try:
         print(fake.url, flush=True)

@@ -11,10 +11,11 @@ normally. ``versions:`` is a setting, not a queued item.
               | "ws"     wireserver requests: goal state GETs and health POSTs
               | "id"     identity token requests (/metadata/identity/oauth2/token)
     FAULT    := STATUS         answer that HTTP status (400-599), e.g. 500, 410, 429
-              | "slow:" SECS   wait SECS (float) seconds, then serve the request
+              | "slow:" SECS   answer after SECS (float) seconds; the request itself
+                               is handled at once (a health POST is recorded)
               | "hang"         never answer; the connection closes when the server stops
               | "reset"        close the connection with a TCP RST, no answer
-              | "truncate"     serve the request, but send only half of the body
+              | "truncate"     handle the request, but send only half of the body
                                (Content-Length announces the full body), then close
               | "html"         200 with an HTML error page (text/html)
               | "big:" SIZE    200 application/json, a valid JSON object of SIZE bytes
@@ -23,6 +24,11 @@ normally. ``versions:`` is a setting, not a queued item.
                                (the compute sub-tree); imds target only
     REPEAT   := "*"            the fault never ends (same as the "always:" prefix)
               | "*" N          the fault applies to the next N requests
+
+A fault is taken after the rate limit (a 429 from the limit consumes none) and
+before the endpoint's own checks (a faulted request is not validated). A status
+answers ``{"error": "<reason phrase>"}`` (an XML ``Error`` on the wireserver),
+without Retry-After. ``big`` takes 1K to 4G.
 
 Examples: ``500,410,429`` (three refusals, then success); ``ws:500,ws:500``
 (the first two wireserver requests fail); ``slow:2,hang,reset,truncate``;

@@ -22,6 +22,7 @@ import time
 from collections import deque
 
 from . import imds
+from .command import FAKE_IMDS_HELP, add_arguments, main, serve  # noqa: F401 - API
 from .faults import Fault, FaultPlan
 from .identity import IDENTITY_PATH, ArcChallenge, IdentityEndpoint
 from .imds import default_document  # noqa: F401 - part of this module's API
@@ -29,7 +30,6 @@ from .messages import (HTML_TYPE, JSON_TYPE, Reply, Request, error_reply, html_e
                        json_reply, phrase)
 from .transport import FakeHTTPServer
 from .wireserver import Wireserver, error_xml, goal_state_of
-from .command import FAKE_IMDS_HELP, add_arguments, main, serve  # noqa: F401 - API
 
 REPLACING_FAULTS = ("status", "html", "big", "hang", "reset")
 
@@ -112,6 +112,7 @@ class FakeImds:
         """Listen and serve from a daemon thread; calling it again changes nothing."""
         if self._httpd:
             return self
+        self.stopping.clear()
         if self.log_path:
             self._log_file = open(self.log_path, "a", encoding="utf-8")
         self._httpd = FakeHTTPServer((self.host, self.port), self)
@@ -183,7 +184,7 @@ class FakeImds:
 
     def _answer(self, request: Request) -> tuple[Reply, Fault | None]:
         target = _target_of(request.path)
-        if request.path.startswith("/metadata") and not self.rate_limiter.allow():
+        if _is_metadata(request.path) and not self.rate_limiter.allow():
             return error_reply(429, "Too many requests"), None
         if target == "ws" and self.arc:
             return error_reply(404, "Not found"), None
@@ -229,6 +230,11 @@ class FakeImds:
                 self._log_file.write(json.dumps(entry, sort_keys=False) + "\n")
                 self._log_file.flush()
         return entry
+
+
+def _is_metadata(path: str) -> bool:
+    """Paths under IMDS's rate limit: everything below /metadata."""
+    return path == "/metadata" or path.startswith("/metadata/")
 
 
 def _target_of(path: str) -> str | None:
