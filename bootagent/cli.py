@@ -12,17 +12,12 @@ import sys
 from bootagent import __version__
 from bootagent.errors import BootagentError, UsageError
 
-FAULT_HELP = ("fault plan for the first requests, comma-separated: an HTTP status (500, 410, 429, ...), "
-              "slow:S, hang, reset, truncate, html, big:SIZE, notdoc, versions:V1+V2, ws:<fault> for the "
-              "wireserver; see `pydoc bootagent.fake.faults`")
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, as for every usage error
         raise UsageError(f"{message}; see `bootagent {self.prog.split()[-1]} --help`")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = _Parser(prog="bootagent", description="First-boot provisioning for Azure VMs and Arc servers.")
     parser.add_argument("--version", action="version", version=f"bootagent {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -62,14 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="print the checks as one JSON object")
 
     fake = command("fake-imds", "serve a local IMDS and wireserver for tests")
-    fake.add_argument("--host", default="127.0.0.1")
-    fake.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on the first line)")
-    fake.add_argument("--metadata", help="serve this instance document (JSON) instead of the built-in one")
-    fake.add_argument("--fault", help=FAULT_HELP)
-    fake.add_argument("--log", help="append one JSON line per request to FILE")
-    fake.add_argument("--no-identity", action="store_true", help="answer as a VM without managed identity")
-    fake.add_argument("--arc", action="store_true", help="behave as Azure Arc (token challenge, no wireserver)")
-    fake.add_argument("--arc-tokens-dir", help="where --arc writes its challenge secrets")
+    if "fake-imds" in argv:  # its options live with the fake; only this command pays for them
+        from bootagent.fake.command import add_arguments
+        add_arguments(fake)
     return parser
 
 
@@ -165,7 +155,8 @@ COMMANDS = {"run": cmd_run, "status": cmd_status, "clean": cmd_clean, "metadata"
 def main(argv: list[str] | None = None) -> int:
     gc.disable()  # a run this short needs no cyclic collector
     try:
-        args = _parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else argv
+        args = _parser(argv).parse_args(argv)
         code = COMMANDS[args.command](args)
     except BootagentError as err:
         sys.stderr.write(f"bootagent: error: {err}\n")
