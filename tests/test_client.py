@@ -450,6 +450,13 @@ def test_metadata_of_an_unknown_path_is_one_clear_line(fake_imds, root):
                    "--timeout", "10")
     assert done.returncode != 0
     line = assert_one_line(done.stderr)
-    assert "404" in line and "compute/noSuchThing" in line
+    assert "404" in line and "compute/noSuchThing" in line and "check the path" in line
     assert done.stdout == ""
     assert fake_imds.count() == 1  # a 404 is final, not retried
+
+
+def test_metadata_of_a_leaf_as_json_says_to_ask_for_text(fake_imds, root):
+    done = run_cli("metadata", "compute/vmId", "--root", str(root), "--imds-url", fake_imds.url)
+    assert done.returncode != 0
+    line = assert_one_line(done.stderr)
+    assert "format=text" in line and "--format text" in line

@@ -17,6 +17,8 @@ from bootagent.imds.versions import newest_supported
 
 HEADERS = {"Metadata": "true"}
 ARC_URL_HINT = "on Azure Arc check that the Arc agent runs (IMDS_ENDPOINT)"
+PATH_HINT = ("check the path (`bootagent metadata compute --format text` lists the names under "
+             "compute); a single value needs --format text")
 
 
 class ImdsClient:
@@ -54,9 +56,10 @@ class ImdsClient:
 
         target = "instance/" + path.strip("/") if path.strip("/") else "instance"
         return self._with_version_fallback(lambda: self.url(target, format=fmt), accept, deadline,
-                                           f"fetching {target}")
+                                           f"fetching {target}", PATH_HINT)
 
-    def _with_version_fallback(self, make_url, accept, deadline: float, what: str):
+    def _with_version_fallback(self, make_url, accept, deadline: float, what: str,
+                               hint: str = "check imds.api_version and the URL"):
         for attempt in range(2):
             url = make_url()
             try:
@@ -69,7 +72,7 @@ class ImdsClient:
                     continue
                 if err.status is None:
                     raise ImdsUnavailable(f"{err}; check the network with `bootagent doctor`") from None
-                raise ImdsUnavailable(str(err) + "; check imds.api_version and the URL") from None
+                raise ImdsUnavailable(f"{err}; {hint}") from None
         raise AssertionError("unreachable")
 
 
