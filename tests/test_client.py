@@ -326,7 +326,7 @@ def test_retry_after_is_honoured_never_shortened_by_jitter():
 
 @pytest.mark.parametrize("plan,says", [
     ("always:truncate", "cut short"),
-    ("always:html", "did not return JSON"),
+    ("always:html", "is not JSON"),
     ("always:big:20M", "allowed"),
     ("always:notdoc", "not an instance document"),
 ])

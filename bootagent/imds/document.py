@@ -46,7 +46,8 @@ def parse_body(body: bytes, source: str) -> Instance:
     try:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
-        raise DocumentError(f"{source} did not return JSON ({_short(err)})") from None
+        raise DocumentError(f"{source} is not JSON ({_short(err)}); an instance document is the JSON "
+                            "object IMDS serves at /metadata/instance") from None
     return parse_document(value, source)
 
 
