@@ -484,7 +484,9 @@ def install_bootagent(base: BaseImage, dest: Path, *, config: str | None = None,
 
 def overlay(backing: Path, dest: Path) -> Path:
     """A qcow2 overlay on `backing`: one VM's disk. Reusing it is a reboot."""
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
+    with open(backing, "rb") as f:
+        fmt = "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt,
                     "-b", str(backing.resolve()), str(dest)], check=True)
     return dest
 
