@@ -47,11 +47,7 @@ def _directory(ctx: Context, parts: list[str], logical: str, create: bool = Fals
             except FileNotFoundError:
                 if not create:
                     raise
-                ctx.checkpoint()
-                os.mkdir(name, mode, dir_fd=fd)
-                next_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                os.fchmod(next_fd, mode)
-                os.fchown(next_fd, *owner)
+                next_fd = _make_dir(ctx, fd, name, mode, owner)
             except OSError as err:
                 raise _refuse(logical, walked, err) from None
             os.close(fd)
@@ -59,6 +55,34 @@ def _directory(ctx: Context, parts: list[str], logical: str, create: bool = Fals
         yield fd
     finally:
         os.close(fd)
+
+
+def _make_dir(ctx: Context, parent_fd: int, name: str, mode: int, owner: tuple[int, int]) -> int:
+    """Create directory `name` atomically: made under a hidden temporary name, given its
+    mode and owner, then renamed, so it never appears with the wrong owner (a ~/.ssh of
+    root's after a kill). Returns its fd."""
+    _sweep_stale_temps(ctx, parent_fd)
+    temp = f".{name}{TEMP_SUFFIX}{secrets.token_hex(4)}"
+    ctx.checkpoint()
+    os.mkdir(temp, 0o700, dir_fd=parent_fd)
+    fd = -1
+    try:
+        fd = os.open(temp, _DIR_FLAGS, dir_fd=parent_fd)
+        os.fchown(fd, *owner)
+        os.fchmod(fd, mode)
+        ctx.checkpoint()
+        os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.rmdir(temp, dir_fd=parent_fd)
+        except OSError:
+            pass
+        raise
+    ctx.checkpoint()
+    os.fsync(parent_fd)
+    return fd
 
 
 def _read_at(dir_fd: int, name: str, logical: str, limit: int | None) -> tuple[bytes, os.stat_result] | None:
@@ -113,6 +137,11 @@ def _sweep_stale_temps(ctx: Context, dir_fd: int) -> None:
         if _TEMP_NAME.match(name):
             try:
                 os.unlink(name, dir_fd=dir_fd)
+            except IsADirectoryError:  # a directory a killed run was making (_make_dir)
+                try:
+                    os.rmdir(name, dir_fd=dir_fd)
+                except OSError:
+                    pass
             except OSError:
                 pass
 
