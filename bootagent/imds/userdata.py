@@ -80,10 +80,13 @@ def _yaml_mapping(data: bytes) -> dict | None:
 
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except RecursionError:
+        raise UserDataError("compute.userData YAML is nested too deeply") from None
+    except Exception:  # noqa: BLE001 - see below
+        # Not only YAMLError: PyYAML's constructors raise plain ValueError, KeyError or
+        # TypeError on a malformed scalar (`2001-02-30`, `!!bool x`, `!!float x`), and
+        # safe_load builds nothing but plain data, so any failure means "not valid YAML".
         if text.startswith("#cloud-config"):
             raise UserDataError("compute.userData says #cloud-config but is not valid YAML") from None
         return None
-    except RecursionError:
-        raise UserDataError("compute.userData YAML is nested too deeply") from None
     return value if isinstance(value, dict) else None
