@@ -96,10 +96,24 @@ def _parse_yaml(data: bytes, source: str) -> object:
         return yaml.safe_load(data.decode("utf-8")) if data.strip() else {}
     except UnicodeDecodeError:
         raise ConfigError(f"{source} is not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"{source} is not valid YAML: it is nested too deeply") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{source} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+        why = getattr(err, "problem", None) or err  # a ReaderError has no `problem`
+        raise ConfigError(f"{source} is not valid YAML{where}: {_one_line(why)}") from None
+    except Exception as err:  # noqa: BLE001
+        # PyYAML's constructors raise plain ValueError/KeyError/TypeError on a malformed
+        # scalar (`2001-02-30`, `!!bool x`); safe_load builds only plain data, so any
+        # failure is a malformed file, never a bug to report.
+        raise ConfigError(f"{source} is not valid YAML: a dated or tagged value is malformed "
+                          f"({_one_line(err)})") from None
+
+
+def _one_line(why: object) -> str:
+    text = " ".join(str(why).split())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def validate(raw: object, source: str) -> dict:
@@ -153,7 +167,7 @@ def _check(key: str, value: object, source: str) -> object:
         if value not in ("regenerate", "keep", "off"):
             raise bad("regenerate, keep or off")
     elif key == "azure.report_ready":
-        if value not in ("auto", True, False):
+        if value != "auto" and not isinstance(value, bool):  # `in (True, False)` would take 0 and 1
             raise bad("auto, true or false")
     elif key == "azure.wireserver":
         if not isinstance(value, str) or not _URL.match(value):
