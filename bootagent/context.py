@@ -38,6 +38,7 @@ class Context:
         kill_at = self.env.get("BOOTAGENT_FAULT_KILL_AT", "")
         self._kill_at = int(kill_at) if kill_at.isdigit() else 0
         self._count_file = self.env.get("BOOTAGENT_FAULT_COUNT_FILE", "")
+        self._count_fd = -1
 
     @property
     def live(self) -> bool:
@@ -55,9 +56,11 @@ class Context:
     def checkpoint(self) -> None:
         """A write point. Inert unless the crash-consistency sweep set BOOTAGENT_FAULT_KILL_AT."""
         self.write_points += 1
-        if self._count_file:
-            with open(self._count_file, "w") as out:  # test seam only, never in production
-                out.write(str(self.write_points))
+        if self._count_file:  # test seam only, never in production
+            if self._count_fd < 0:  # opened once; the count only grows, so no truncation
+                self._count_fd = os.open(self._count_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                                         | os.O_CLOEXEC, 0o600)
+            os.pwrite(self._count_fd, str(self.write_points).encode(), 0)
         if self._kill_at and self.write_points == self._kill_at:
             import signal
             os.kill(os.getpid(), signal.SIGKILL)
