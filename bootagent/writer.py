@@ -160,15 +160,24 @@ def make_dirs(ctx: Context, logical: str, mode: int = 0o755, owner: tuple[int, i
             return True
         return _fix_meta_dry(ctx, logical, mode, owner, info)
     existed = os.path.isdir(ctx.path(logical))
-    with _directory(ctx, parts, logical, create=True, mode=mode, owner=owner) as fd:
-        info = os.fstat(fd)
-        changed = not existed
-        if stat.S_IMODE(info.st_mode) != mode or (info.st_uid, info.st_gid) != owner:
-            ctx.checkpoint()
-            os.fchown(fd, *owner)
-            os.fchmod(fd, mode)
-            changed = True
+    try:
+        with _directory(ctx, parts, logical, create=True, mode=mode, owner=owner) as fd:
+            info = os.fstat(fd)
+            changed = not existed
+            if stat.S_IMODE(info.st_mode) != mode or (info.st_uid, info.st_gid) != owner:
+                ctx.checkpoint()
+                os.fchown(fd, *owner)
+                os.fchmod(fd, mode)
+                changed = True
+    except OSError as err:
+        raise _io_error(f"cannot make directory {logical}", err) from None
     return changed
+
+
+def _io_error(what: str, err: OSError) -> StepError:
+    """A full disk or a read-only file system is the machine's fault: one clear line,
+    never an internal error."""
+    return StepError(f"{what}: {err.strerror or err}; check free space and that the file system is writable")
 
 
 def _fix_meta_dry(ctx: Context, logical: str, mode: int, owner: tuple[int, int],
@@ -301,6 +310,8 @@ def remove_file(ctx: Context, logical: str) -> bool:
         return False
     except IsADirectoryError:
         raise StepError(f"refusing to remove {logical}: it is a directory") from None
+    except OSError as err:
+        raise _io_error(f"cannot remove {logical}", err) from None
 
 
 def list_dir(ctx: Context, logical: str) -> list[str]:
@@ -342,9 +353,12 @@ def exclusive_lock(ctx: Context, logical: str):
     import fcntl
 
     parts = split_logical(logical)
-    with _directory(ctx, parts[:-1], logical, create=True) as dir_fd:
-        fd = os.open(parts[-1], os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=dir_fd)
+    try:
+        with _directory(ctx, parts[:-1], logical, create=True) as dir_fd:
+            fd = os.open(parts[-1], os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dir_fd)
+    except OSError as err:  # a read-only or full root: one line, not an internal error
+        raise _io_error(f"cannot take the run lock {logical}", err) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
