@@ -67,14 +67,16 @@ def _context(args, *, need_config: bool = True):
     from bootagent import config
     from bootagent.context import Context
     from bootagent.log import Log
-    from bootagent.runner import resolve_imds_url
 
     if not os.path.isdir(args.root):
         raise UsageError(f"--root {args.root} is not a directory; create it or fix the path")
     ctx = Context(root=args.root, dry_run=getattr(args, "dry_run", False), log=Log())
     ctx.config = config.load(ctx, getattr(args, "config", None)) if need_config else config.defaults()
-    url = getattr(args, "imds_url", None) or ctx.config["imds"]["url"]
-    ctx.imds_url, ctx.on_arc = resolve_imds_url(url, ctx.env)
+    if need_config:  # the commands that talk to IMDS; status and clean need no URL (nor the runner)
+        from bootagent.runner import resolve_imds_url
+
+        url = getattr(args, "imds_url", None) or ctx.config["imds"]["url"]
+        ctx.imds_url, ctx.on_arc = resolve_imds_url(url, ctx.env)
     timeout = getattr(args, "timeout", None)
     ctx.deadline = ctx.clock() + (timeout if timeout is not None else ctx.config["imds"]["timeout"])
     return ctx
