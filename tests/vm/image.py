@@ -18,6 +18,7 @@ import dataclasses
 import fcntl
 import glob
 import hashlib
+import inspect
 import json
 import os
 import py_compile
@@ -107,11 +108,13 @@ RECIPE_VERSION = 1
 
 
 def recipe_key() -> str:
-    """Hash of everything that decides the base image's content."""
+    """Hash of everything that decides the base image's content: the package
+    list, the hooks and the build function's own code."""
     h = hashlib.sha256()
     h.update(json.dumps({
         "version": RECIPE_VERSION, "suite": SUITE, "size": DISK_SIZE,
         "packages": PACKAGES, "customize": CUSTOMIZE, "dpkg": DPKG_OPTS,
+        "build": inspect.getsource(_build_into),
     }, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
