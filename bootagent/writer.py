@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import secrets
 import stat
 from contextlib import contextmanager
 
@@ -24,6 +23,12 @@ from bootagent.errors import StepError, UnsafePath
 TEMP_SUFFIX = ".bootagent-tmp."
 _TEMP_NAME = re.compile(r"^\..+\.bootagent-tmp\.[A-Za-z0-9_-]{6,}$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _temp_name(name: str) -> str:
+    """A hidden temp name beside `name` (8 random hex digits: os.urandom, as secrets.token_hex
+    uses, without importing secrets and hmac on every boot)."""
+    return f".{name}{TEMP_SUFFIX}{os.urandom(4).hex()}"
 
 
 def _refuse(logical: str, where: str, err: OSError) -> Exception:
@@ -62,7 +67,7 @@ def _make_dir(ctx: Context, parent_fd: int, name: str, mode: int, owner: tuple[i
     mode and owner, then renamed, so it never appears with the wrong owner (a ~/.ssh of
     root's after a kill). Returns its fd."""
     _sweep_stale_temps(ctx, parent_fd)
-    temp = f".{name}{TEMP_SUFFIX}{secrets.token_hex(4)}"
+    temp = _temp_name(name)
     ctx.checkpoint()
     os.mkdir(temp, 0o700, dir_fd=parent_fd)
     fd = -1
@@ -137,11 +142,10 @@ def _sweep_stale_temps(ctx: Context, dir_fd: int) -> None:
         if _TEMP_NAME.match(name):
             try:
                 os.unlink(name, dir_fd=dir_fd)
-            except IsADirectoryError:  # a directory a killed run was making (_make_dir)
-                try:
-                    os.rmdir(name, dir_fd=dir_fd)
-                except OSError:
-                    pass
+            except IsADirectoryError:  # a directory a killed run was making (_make_dir), or
+                import shutil          # ssh-keygen's work directory, keys in it (host_keys)
+
+                shutil.rmtree(name, dir_fd=dir_fd, ignore_errors=True)  # fd-based: no link followed
             except OSError:
                 pass
 
@@ -235,7 +239,7 @@ def _set_meta_in_place(ctx: Context, dir_fd: int, name: str, mode: int, owner: t
 
 
 def _replace(ctx: Context, dir_fd: int, name: str, data: bytes, mode: int, owner: tuple[int, int]) -> None:
-    temp = f".{name}{TEMP_SUFFIX}{secrets.token_hex(4)}"
+    temp = _temp_name(name)
     ctx.checkpoint()
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                  dir_fd=dir_fd)
