@@ -7,8 +7,10 @@ vmId, each compared only with its own kind (Gen1 VMs byte-swap one against the o
 The stored record says which kind it is (`dmi:<uuid>` or `vmid:<id>`), and it is written
 only once every key is in place, so a run killed half-way regenerates on the next boot.
 
-ssh-keygen writes into a private temporary directory, every key at once (RSA is the
-slowest work of a first boot), and the writer installs the bytes. A missing private key
+ssh-keygen writes into a private temporary directory under the root's /run/bootagent
+(never outside the root; one a killed run left is removed by the writer's sweep of
+stale temporary files), every key at once (RSA is the slowest work of a first boot),
+and the writer installs the bytes. A missing private key
 is made again on any boot; a missing .pub is restored from its private key.
 """
 
@@ -32,6 +34,7 @@ KEY_TYPES = ("rsa", "ecdsa", "ed25519")  # DSA: deprecated, and gone from OpenSS
 MAX_INCLUDE_DEPTH = 16  # as sshd
 MAX_CONFIG_BYTES = 1 << 20
 KEYGEN_TIMEOUT = 300.0
+WORK_DIR = "/run/bootagent"  # the agent's own run-time directory (a tmpfs on a real boot)
 _KEY_NAME = re.compile(r"^ssh_host_(.+)_key$")
 _DIRECTIVE = re.compile(r"^\s*([A-Za-z]+)(?:\s*=\s*|\s+)(.*)$")
 
@@ -262,7 +265,10 @@ def _keygen(ctx: Context, plan: list[tuple[str, str]]) -> tuple[dict, list[str]]
     if program is None:
         raise StepError("cannot make SSH host keys: ssh-keygen is not installed (or not on PATH); "
                         "install openssh-client, or set ssh.host_keys: off")
-    workdir = tempfile.mkdtemp(prefix="bootagent-host-keys-")
+    # Inside the root, under a hidden temp name (the writer's pattern): a run killed here
+    # leaves no private key outside the root, and the next run's sweep removes the directory.
+    writer.make_dirs(ctx, WORK_DIR)
+    workdir = tempfile.mkdtemp(prefix=f".host-keys{writer.TEMP_SUFFIX}", dir=ctx.path(WORK_DIR))
     started, made, failures = [], {}, []
     try:
         for number, (logical, action) in enumerate(plan):
