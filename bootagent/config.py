@@ -25,7 +25,7 @@ MAX_CONFIG = 1 << 20
 DEFAULTS = {
     "imds": {"url": "auto", "api_version": "2021-08-01", "timeout": 300},
     "hostname": {"enabled": True},
-    "users": {"enabled": True, "groups": ["sudo"]},
+    "users": {"enabled": True, "groups": ["sudo"], "sudo": True},
     "ssh": {"enabled": True, "host_keys": "regenerate"},
     "userdata": {"run_scripts": True, "script_timeout": 300},
     "azure": {"report_ready": "auto", "wireserver": "http://168.63.129.16"},
@@ -145,7 +145,7 @@ def _check(key: str, value: object, source: str) -> object:
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"{source}: '{key}' must be {expected}, not {value!r}")
 
-    if key in ("hostname.enabled", "users.enabled", "ssh.enabled", "userdata.run_scripts"):
+    if key in ("hostname.enabled", "users.enabled", "users.sudo", "ssh.enabled", "userdata.run_scripts"):
         if not isinstance(value, bool):
             raise bad("true or false")
     elif key in ("imds.timeout", "userdata.script_timeout"):

@@ -33,7 +33,7 @@ def test_defaults_are_the_specs(root):
     loaded = load(root)  # no file at all
     assert loaded["imds"] == {"url": "auto", "api_version": "2021-08-01", "timeout": 300}
     assert loaded["hostname"] == {"enabled": True}
-    assert loaded["users"] == {"enabled": True, "groups": ["sudo"]}
+    assert loaded["users"] == {"enabled": True, "groups": ["sudo"], "sudo": True}
     assert loaded["ssh"] == {"enabled": True, "host_keys": "regenerate"}
     assert loaded["userdata"]["run_scripts"] is True
     assert loaded["azure"] == {"report_ready": "auto", "wireserver": "http://168.63.129.16"}

@@ -175,3 +175,23 @@ def test_lock_password_locks_an_unlocked_account_with_usermod(make_ctx, root, do
     assert users.lock_password(ctx, "azureuser") is True
     assert shadow_field(root, "azureuser") == "!$6$salt$hash"
     assert users.lock_password(ctx, "azureuser") is False
+
+
+def test_a_new_admin_may_sudo_without_a_password_it_never_had(make_ctx, root, document):
+    (root / "etc/sudoers.d").mkdir()
+    result = users.run(make_ctx(), make_boot(document))
+    assert users.SUDOERS_FILE in result.changed
+    rule = root / "etc/sudoers.d/90-bootagent-users"
+    assert "azureuser ALL=(ALL) NOPASSWD:ALL\n" in rule.read_text()
+    info = rule.stat()
+    assert (info.st_mode & 0o777, info.st_uid, info.st_gid) == (0o440, 0, 0)
+
+
+def test_no_sudo_rule_when_turned_off_or_without_sudo(make_ctx, root, document):
+    users.run(make_ctx(), make_boot(document))  # no /etc/sudoers.d: sudo is not installed
+    assert not (root / "etc/sudoers.d").exists()
+    (root / "etc/sudoers.d").mkdir()
+    document["compute"]["osProfile"]["adminUsername"] = "second"
+    result = users.run(make_ctx(config={"users": {"sudo": False}}), make_boot(document))
+    assert result.status == "changed"
+    assert list((root / "etc/sudoers.d").iterdir()) == []

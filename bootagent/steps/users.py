@@ -27,6 +27,8 @@ PASSWORD_FIELD = "compute.osProfile.disablePasswordAuthentication"
 # searched after the context's PATH: a `su` shell on Debian has no sbin in its PATH
 SYSTEM_BIN_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 TOOL_TIMEOUT = 60
+SUDOERS_DIR = "/etc/sudoers.d"
+SUDOERS_FILE = f"{SUDOERS_DIR}/90-bootagent-users"  # no '.' in the name: sudo would skip it
 _USERADD_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
@@ -94,9 +96,29 @@ def run(ctx: Context, boot: Boot) -> StepResult:
     boot.admin = account
     after = _databases(ctx)
     changed = [path for path in before if before[path] != after[path]]
+    if grant_sudo(ctx, name):
+        changed.append(SUDOERS_FILE)
     if account.home.startswith("/") and writer.exists(ctx, account.home):
         changed.append(account.home)
     return StepResult.done(changed)
+
+
+def grant_sudo(ctx: Context, name: str) -> bool:
+    """Let the new admin use sudo without a password, as Azure's own agents do.
+
+    IMDS never carries a password, so the admin has none to type: without this rule
+    the admin of a VM could not administer it. `users.sudo: false` turns it off; an
+    image without sudo (no /etc/sudoers.d) gets nothing."""
+    if not ctx.config.get("users", {}).get("sudo", True):
+        return False
+    if not os.path.isdir(ctx.path(SUDOERS_DIR)):
+        return False
+    current = writer.read_file(ctx, SUDOERS_FILE, limit=1 << 20) or b""
+    rule = f"{name} ALL=(ALL) NOPASSWD:ALL\n".encode()
+    if rule in current.splitlines(keepends=True):
+        return False
+    header = b"" if current else b"# Written by bootagent for the VM's admin user (users.sudo).\n"
+    return writer.write_file(ctx, SUDOERS_FILE, current + header + rule, mode=0o440)
 
 
 def lock_password(ctx: Context, name: str) -> bool:
