@@ -3,7 +3,6 @@ error into an exit code and a printed line. No traceback reaches a user."""
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -12,54 +11,122 @@ import sys
 from bootagent import __version__
 from bootagent.errors import BootagentError, UsageError
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, as for every usage error
-        raise UsageError(f"{message}; see `bootagent {self.prog.split()[-1]} --help`")
+ROOT_HELP = "provision the tree under DIR instead of / (default /)"
+# Every command's options, read by argparse and by the fast path alike:
+# (option, kind, default, help); kind is "str", "float", "flag" or a tuple of choices.
+COMMAND_OPTIONS = {
+    "run": ("the boot job: fetch the instance document and provision", [
+        ("--imds-url", "str", None, "IMDS base URL, or auto (IMDS_ENDPOINT, else 169.254.169.254)"),
+        ("--metadata-file", "str", None, "read the instance document from FILE instead of IMDS"),
+        ("--config", "str", None, "configuration file (default <root>/etc/bootagent/bootagent.yaml)"),
+        ("--timeout", "float", None, "seconds to keep trying IMDS (default imds.timeout)"),
+        ("--dry-run", "flag", False, "print what would change; change nothing"),
+        ("--json", "flag", False, "print the result record as JSON"),
+    ]),
+    "status": ("the last run's result", [
+        ("--wait", "flag", False, "block until this boot's run has finished"),
+        ("--timeout", "float", 600.0, "longest wait in seconds (default 600)"),
+        ("--json", "flag", False, "print the result record as JSON"),
+    ]),
+    "clean": ("prepare an image for capture: the next boot is a first boot again", [
+        ("--logs", "flag", False, "also remove run/bootagent/ and saved script output"),
+        ("--machine-id", "flag", False, "also truncate /etc/machine-id"),
+        ("--ssh-host-keys", "flag", False, "also remove /etc/ssh/ssh_host_* keys"),
+    ]),
+    "metadata": ("print IMDS (or one sub-path) as IMDS served it", [
+        ("--format", ("json", "text"), None, "json (default) or text (needed for leaves)"),
+        ("--imds-url", "str", None, "IMDS base URL, or auto"),
+        ("--timeout", "float", None, "seconds to keep trying (default imds.timeout)"),
+    ]),
+    "doctor": ("check the way to IMDS and the platform, one line per check", [
+        ("--imds-url", "str", None, "IMDS base URL, or auto"),
+        ("--json", "flag", False, "print the checks as one JSON object"),
+    ]),
+    "fake-imds": ("serve a local IMDS and wireserver for tests", []),  # options: bootagent.fake
+}
+# A command's optional positional argument: (name, default, help).
+POSITIONAL = {"metadata": ("path", "", "e.g. compute/vmId or compute/tagsList")}
 
 
-def _parser(argv: list[str]) -> argparse.ArgumentParser:
+def _dest(option: str) -> str:
+    return option.lstrip("-").replace("-", "_")
+
+
+def _fast_parse(argv: list[str]):
+    """The arguments of a plain invocation (`run --root DIR --imds-url URL`, `status`...)
+    without importing or building argparse (measured: about 8 ms, each boot). Anything
+    it does not know for certain (help, errors, abbreviations, values that look like
+    options, `--`, fake-imds) gives None, and argparse decides, as before."""
+    if not argv or argv[0] not in COMMAND_OPTIONS or argv[0] == "fake-imds":
+        return None
+    command = argv[0]
+    options = {"--root": ("str", "/")}
+    options.update((option, (kind, default)) for option, kind, default, _ in COMMAND_OPTIONS[command][1])
+    values = {_dest(option): default for option, (kind, default) in options.items()}
+    positional = POSITIONAL.get(command)
+    if positional:
+        values[positional[0]] = positional[1]
+    seen_positional = False
+    rest = iter(argv[1:])
+    for arg in rest:
+        if not arg.startswith("-"):
+            if not positional or seen_positional:
+                return None
+            values[positional[0]], seen_positional = arg, True
+            continue
+        option, has_inline, inline = arg.partition("=")
+        if option not in options:
+            return None
+        kind, _ = options[option]
+        if kind == "flag":
+            if has_inline:
+                return None
+            values[_dest(option)] = True
+            continue
+        value = inline if has_inline else next(rest, None)
+        if value is None or (not has_inline and value.startswith("-")):
+            return None
+        if kind == "float":
+            try:
+                value = float(value)
+            except ValueError:
+                return None
+        elif isinstance(kind, tuple) and value not in kind:
+            return None
+        values[_dest(option)] = value
+    from types import SimpleNamespace
+
+    return SimpleNamespace(command=command, **values)
+
+
+def _parser(argv: list[str]):
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message):  # one line, exit 2, as for every usage error
+            raise UsageError(f"{message}; see `bootagent {self.prog.split()[-1]} --help`")
+
     parser = _Parser(prog="bootagent", description="First-boot provisioning for Azure VMs and Arc servers.")
     parser.add_argument("--version", action="version", version=f"bootagent {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+    for name, (help_text, options) in COMMAND_OPTIONS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--root", default="/", help="provision the tree under DIR instead of / (default /)")
-        return sub
-
-    run = command("run", "the boot job: fetch the instance document and provision")
-    run.add_argument("--imds-url", help="IMDS base URL, or auto (IMDS_ENDPOINT, else 169.254.169.254)")
-    run.add_argument("--metadata-file", help="read the instance document from FILE instead of IMDS")
-    run.add_argument("--config", help="configuration file (default <root>/etc/bootagent/bootagent.yaml)")
-    run.add_argument("--timeout", type=float, help="seconds to keep trying IMDS (default imds.timeout)")
-    run.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
-    run.add_argument("--json", action="store_true", help="print the result record as JSON")
-
-    status = command("status", "the last run's result")
-    status.add_argument("--wait", action="store_true", help="block until this boot's run has finished")
-    status.add_argument("--timeout", type=float, default=600.0, help="longest wait in seconds (default 600)")
-    status.add_argument("--json", action="store_true", help="print the result record as JSON")
-
-    clean = command("clean", "prepare an image for capture: the next boot is a first boot again")
-    clean.add_argument("--logs", action="store_true", help="also remove run/bootagent/ and saved script output")
-    clean.add_argument("--machine-id", action="store_true", help="also truncate /etc/machine-id")
-    clean.add_argument("--ssh-host-keys", action="store_true", help="also remove /etc/ssh/ssh_host_* keys")
-
-    metadata = command("metadata", "print IMDS (or one sub-path) as IMDS served it")
-    metadata.add_argument("path", nargs="?", default="", help="e.g. compute/vmId or compute/tagsList")
-    metadata.add_argument("--format", choices=("json", "text"), default=None,
-                          help="json (default) or text (needed for leaves)")
-    metadata.add_argument("--imds-url", help="IMDS base URL, or auto")
-    metadata.add_argument("--timeout", type=float, help="seconds to keep trying (default imds.timeout)")
-
-    doctor = command("doctor", "check the way to IMDS and the platform, one line per check")
-    doctor.add_argument("--imds-url", help="IMDS base URL, or auto")
-    doctor.add_argument("--json", action="store_true", help="print the checks as one JSON object")
-
-    fake = command("fake-imds", "serve a local IMDS and wireserver for tests")
-    if "fake-imds" in argv:  # its options live with the fake; only this command pays for them
-        from bootagent.fake.command import add_arguments
-        add_arguments(fake)
+        sub.add_argument("--root", default="/", help=ROOT_HELP)
+        if name in POSITIONAL:
+            dest, default, help_positional = POSITIONAL[name]
+            sub.add_argument(dest, nargs="?", default=default, help=help_positional)
+        for option, kind, default, help_option in options:
+            if kind == "flag":
+                sub.add_argument(option, action="store_true", help=help_option)
+            elif kind == "float":
+                sub.add_argument(option, type=float, default=default, help=help_option)
+            elif isinstance(kind, tuple):
+                sub.add_argument(option, choices=kind, default=default, help=help_option)
+            else:
+                sub.add_argument(option, default=default, help=help_option)
+        if name == "fake-imds" and "fake-imds" in argv:  # its options live with the fake
+            from bootagent.fake.command import add_arguments
+            add_arguments(sub)
     return parser
 
 
@@ -158,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.disable()  # a run this short needs no cyclic collector
     try:
         argv = sys.argv[1:] if argv is None else argv
-        args = _parser(argv).parse_args(argv)
+        args = _fast_parse(argv) or _parser(argv).parse_args(argv)
         code = COMMANDS[args.command](args)
     except BootagentError as err:
         sys.stderr.write(f"bootagent: error: {err}\n")

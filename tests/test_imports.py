@@ -1,0 +1,140 @@
+"""Guards of the boot path's speed that are not timings (SPEC "Budgets"; bench/ has the
+timings): what a command imports, and how many requests the happy path makes.
+
+Each command runs in a fresh interpreter that calls `bootagent.cli.main` and then prints
+the names in `sys.modules`, so a lazy import that silently became an eager one fails
+here, whatever the machine's speed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from bootagent import cli
+from conftest import REPO, result_json, run_cli
+
+# Heavy modules a command must not load: Jinja and PyYAML cost a later boot more than
+# its whole budget; requests is no longer used at all; argparse is for help and errors.
+NEVER_ON_A_LATER_BOOT = ("jinja2", "yaml", "requests", "argparse")
+NEVER_ON_STATUS = NEVER_ON_A_LATER_BOOT + ("http.client", "bootagent.runner")
+
+PRINT_MODULES = """
+import json, sys
+from bootagent.cli import main
+code = main(sys.argv[1:])
+sys.stdout.flush()
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+
+def modules_after(*argv: str) -> tuple[int, set[str]]:
+    """(exit code, imported module names) of one command run in a fresh interpreter."""
+    done = subprocess.run([sys.executable, "-c", PRINT_MODULES, *argv], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    last = done.stdout.strip().splitlines()[-1]
+    record = json.loads(last)
+    return record["code"], set(record["modules"])
+
+
+def loaded(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(name for name in names if any(m == name or m.startswith(name + ".") for m in modules))
+
+
+@pytest.fixture
+def provisioned(root: Path, fake_imds):
+    """A root after its first boot: a config with three templates, the fake's document with
+    two keys and a YAML userData (SPEC's first boot), sshd_config present."""
+    templates = root / "etc/bootagent/templates"
+    templates.mkdir(parents=True)
+    for src in (REPO / "templates").glob("*.j2"):
+        shutil.copy(src, templates / src.name)
+    shutil.copy(REPO / "templates/bootagent.yaml", root / "etc/bootagent/bootagent.yaml")
+    first = run_cli("run", "--root", str(root), "--imds-url", fake_imds.url, "--timeout", "30")
+    assert first.returncode == 0, first.stderr
+    return root
+
+
+def test_the_happy_path_makes_exactly_one_imds_request(provisioned, fake_imds):
+    assert fake_imds.count("/metadata/") == 1
+    record = result_json(provisioned)
+    assert record["imds"]["requests"] == 1
+    assert record["steps"]["templates"]["status"] == "changed"
+    assert record["steps"]["userdata"]["status"] == "changed"
+
+
+def test_a_later_boot_imports_neither_jinja_nor_yaml(provisioned, fake_imds):
+    code, modules = modules_after("run", "--root", str(provisioned), "--imds-url", fake_imds.url,
+                                  "--timeout", "30")
+    assert code == 0
+    assert loaded(modules, NEVER_ON_A_LATER_BOOT) == []
+    record = result_json(provisioned)
+    assert record["imds"]["requests"] == 1 and fake_imds.count("/metadata/") == 2
+    assert {name: step["status"] for name, step in record["steps"].items()
+            if step["status"] != "skipped"} == {
+        "hostname": "unchanged", "users": "unchanged", "ssh_keys": "unchanged",
+        "host_keys": "unchanged", "userdata": "unchanged", "templates": "unchanged"}
+
+
+def test_status_imports_no_http_client_and_no_jinja_or_yaml(provisioned):
+    code, modules = modules_after("status", "--root", str(provisioned))
+    assert code == 0
+    assert loaded(modules, NEVER_ON_STATUS) == []
+
+
+def test_a_changed_config_is_parsed_again_and_a_changed_tag_rendered_again(provisioned, fake_imds):
+    """The caches that keep Jinja and PyYAML off a later boot are keyed by what they stand
+    for: new config bytes import yaml again, a new tag value renders again."""
+    config = provisioned / "etc/bootagent/bootagent.yaml"
+    config.write_text(config.read_text() + "# edited\n")
+    document = fake_imds.document
+    document["compute"]["tagsList"] = [{"name": "env", "value": "prod"}, {"name": "role", "value": "web"}]
+    document["compute"]["tags"] = "env:prod;role:web"
+    fake_imds.document = document
+    code, modules = modules_after("run", "--root", str(provisioned), "--imds-url", fake_imds.url,
+                                  "--timeout", "30")
+    assert code == 0
+    assert loaded(modules, ("yaml", "jinja2")) == ["jinja2", "yaml"]
+    assert "/etc/motd" in result_json(provisioned)["steps"]["templates"]["changed"]
+    assert "(prod)" in (provisioned / "etc/motd").read_text()
+
+
+# -- the command line's fast path agrees with argparse wherever it answers ------------------
+
+TOKENS = ["run", "status", "clean", "metadata", "doctor", "fake-imds", "--root", "/", "/tmp/x",
+          "--imds-url", "http://127.0.0.1:1", "--imds", "--timeout", "5", "-5", "1e3", "x", "nan",
+          "--timeout=7", "--root=", "--json", "--json=1", "--dry-run", "--wait", "--logs",
+          "--machine-id", "--ssh-host-keys", "--metadata-file", "--config", "--format", "text",
+          "json", "xml", "--format=text", "compute/vmId", "", "--", "-h", "--help", "-", "--version"]
+
+
+def argparse_result(argv: list[str]) -> dict | None:
+    try:
+        return vars(cli._parser(argv).parse_args(argv))
+    except (cli.UsageError, SystemExit):
+        return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(TOKENS), max_size=6))
+def test_the_fast_path_gives_what_argparse_gives(argv):
+    fast = cli._fast_parse(argv)
+    if fast is not None:
+        assert vars(fast) == argparse_result(argv)
+
+
+@pytest.mark.parametrize("argv", [
+    ["run"], ["run", "--root", "/mnt/img", "--imds-url", "auto", "--timeout", "30", "--json"],
+    ["run", "--metadata-file", "doc.json", "--dry-run", "--config=/etc/x.yaml"],
+    ["status"], ["status", "--wait", "--timeout", "120", "--json"], ["clean", "--logs", "--machine-id"],
+    ["metadata", "compute/vmId", "--format", "text"], ["metadata"], ["doctor", "--json"],
+])
+def test_the_boot_path_invocations_take_the_fast_path(argv):
+    fast = cli._fast_parse(argv)
+    assert fast is not None and vars(fast) == argparse_result(argv)
