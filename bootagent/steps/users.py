@@ -4,7 +4,9 @@ Every field is checked before anything changes, so a bad document creates nothin
 The account is made by the system's own `useradd` (`--root` when provisioning an
 image), never by editing /etc/passwd, so shadow, gshadow, the home and its skeleton
 come out exactly as the distribution makes them. An account that exists is left as
-it is: the image's owner may have set it up on purpose.
+it is: the image's owner may have set it up on purpose. Its sudo rule is still made
+sure of (as WALinuxAgent does for an admin that exists): the account may be one that a
+run killed between useradd and the rule created, and the next run must finish the job.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def run(ctx: Context, boot: Boot) -> StepResult:
     existing = accounts.user(ctx, name)
     if existing is not None:
         boot.admin = existing
-        return StepResult.done([])
+        return StepResult.done([SUDOERS_FILE] if grant_sudo(ctx, name) else [])
     groups = _existing_groups(ctx)
     if ctx.dry_run:
         locked = ", password locked" if lock else ""
