@@ -134,7 +134,7 @@ def _fetch(ctx: Context, metadata_file: str | None, imds_info: dict) -> Instance
 
 
 def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job: HostKeysJob) -> Boot:
-    from bootagent.steps import hostname, report, ssh_keys, templates, userdata, users
+    from bootagent.steps import report, templates
 
     if ctx.log is not None:
         ctx.log.instance_id = instance.instance_id
@@ -142,13 +142,11 @@ def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job
     boot = Boot(instance, state, state.begin(instance.instance_id), api_version)
     if not boot.new_instance:
         boot.hostname = state.get("hostname").get("hostname")
-    steps = {"hostname": hostname.run, "users": users.run, "ssh_keys": ssh_keys.run,
-             "userdata": userdata.run}
     for name in ("hostname", "users", "ssh_keys"):
-        _per_instance(ctx, boot, name, steps[name])
+        _per_instance(ctx, boot, name)
     boot.results["host_keys"] = host_keys_job.finish(instance.vm_id)
     _log_step(ctx, "host_keys", boot.results["host_keys"])
-    _per_instance(ctx, boot, "userdata", userdata.run)
+    _per_instance(ctx, boot, "userdata")
     _step(ctx, boot, "templates", templates.run)
     _step(ctx, boot, "report_ready", report.run)
     _run_script(ctx, boot)
@@ -157,12 +155,14 @@ def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job
     return boot
 
 
-def _per_instance(ctx: Context, boot: Boot, name: str, call) -> None:
+def _per_instance(ctx: Context, boot: Boot, name: str) -> None:
+    """Run a per-instance step unless it succeeded for this instance. Its module is imported
+    only when it runs: a later boot loads none of them (nor subprocess, shutil, select)."""
     if boot.state.done(name):
         boot.results[name] = StepResult("unchanged")
         _log_step(ctx, name, boot.results[name])
         return
-    _step(ctx, boot, name, call)
+    _step(ctx, boot, name, __import__(f"bootagent.steps.{name}", fromlist=["run"]).run)
     outcome = boot.results[name]
     if outcome.status in ("changed", "unchanged"):
         facts = {"hostname": boot.hostname} if name == "hostname" else {}
