@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 
 from hypothesis import strategies as st
 
@@ -35,7 +36,7 @@ special_values = st.sampled_from([
     base64.b64encode(b"#cloud-config\nhostname: -bad-\n").decode(),
     base64.b64encode(b"hostname: [1, 2]\n").decode(),
     "not base64 !!",
-])
+]).map(copy.deepcopy)  # a fresh [] or {} each time: a shared one could end up inside itself
 
 
 @st.composite
