@@ -54,13 +54,13 @@ def real_client(url: str) -> tuple[Http, ImdsClient]:
 def watch_sends(http: Http, clock) -> list[float]:
     """Record the clock at every request that really leaves (after the rate cap's wait)."""
     times: list[float] = []
-    send = http.transport
+    send = http.session.request
 
     def observed(*args, **kwargs):
         times.append(clock())
         return send(*args, **kwargs)
 
-    http.transport = observed
+    http.session.request = observed
     return times
 
 
