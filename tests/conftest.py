@@ -9,6 +9,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -89,3 +92,16 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 120, input: st
 
 def result_json(root: Path) -> dict:
     return json.loads((root / "run/bootagent/result.json").read_text())
+
+
+@contextmanager
+def loopback_server(handler):
+    """A stdlib HTTP server on a free loopback port, for answers the fake IMDS does not give
+    (an impostor, an endless body, a challenge of our own). Yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -7,9 +7,8 @@ from __future__ import annotations
 import json
 import socket
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -17,7 +16,7 @@ from bootagent.errors import ImdsUnavailable
 from bootagent.fake.server import FakeImds
 from bootagent.http import FIRST_BACKOFF, MAX_BACKOFF, Http
 from bootagent.imds.client import ImdsClient
-from conftest import result_json, run_cli
+from conftest import loopback_server, result_json, run_cli
 
 VERSION = "2021-08-01"
 
@@ -306,19 +305,14 @@ class _RetryAfterThenDocument(BaseHTTPRequestHandler):
 
 
 def test_retry_after_is_honoured_never_shortened_by_jitter():
-    server = HTTPServer(("127.0.0.1", 0), _RetryAfterThenDocument)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
+    with loopback_server(_RetryAfterThenDocument) as url:
         for _ in range(10):  # jitter is random: a shortened wait would show in one of these
             clock = FakeClock()
             http = Http(clock, clock.sleep)
-            client = ImdsClient(http, f"http://127.0.0.1:{server.server_address[1]}", VERSION)
+            client = ImdsClient(http, url, VERSION)
             assert client.fetch_document(clock() + 30).vm_id == "retry-after-vm"
             assert http.attempts == 2
             assert len(clock.sleeps) == 1 and 3.0 <= clock.sleeps[0] <= 3.0 * 1.2, clock.sleeps
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # -- bodies that are not documents: clear errors, bounded memory ---------------------------
@@ -365,12 +359,8 @@ class _EndlessJson(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def endless_server():
-    server = HTTPServer(("127.0.0.1", 0), _EndlessJson)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with loopback_server(_EndlessJson) as url:
+        yield url
 
 
 def test_a_big_body_without_content_length_is_cut_at_the_bound(endless_server):

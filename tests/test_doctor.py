@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from bootagent import doctor
 from bootagent.fake.server import FakeImds, default_document
 
-from conftest import run_cli
+from conftest import loopback_server, run_cli
 from test_report import closed_port, on_azure
 
 ORDER = ["proxy", "route", "tcp", "metadata", "api-version", "token", "wireserver"]
@@ -61,12 +60,8 @@ class ImpostorHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def impostor():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ImpostorHandler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with loopback_server(ImpostorHandler) as url:
+        yield url
 
 
 def test_healthy_fake_passes_and_never_shows_the_token(ctx_for, fake_imds):
