@@ -88,6 +88,8 @@ def run(ctx: Context, *, metadata_file: str | None = None) -> tuple[int, dict]:
             result.write(ctx, record)
             code = 2 if metadata_file and isinstance(err, DocumentError) else err.exit_code
             return code, record
+        # the moment the document is had: the real-boot test times the rest of the run from it
+        log(ctx, "info", "instance document received")
         boot = _provision(ctx, instance, imds_info["api_version"], host_keys_job)
         record = result.build(instance_id=instance.vm_id, started=started, finished=ctx.wall(),
                               imds=imds_info, results=boot.results)
