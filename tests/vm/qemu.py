@@ -42,9 +42,16 @@ MILESTONES = {
     "networkd": re.compile(r"Started systemd-networkd\.service|Started .*Network Configuration"),
     # networkd's own line, on the console when journald forwards to it
     "dhcp": re.compile(r"DHCPv4 address \d+\.\d+\.\d+\.\d+"),
-    "bootagent_started": re.compile(r"Starting bootagent\.service|Starting .*bootagent"),
-    "bootagent_done": re.compile(r"Finished bootagent\.service|Finished .*bootagent|"
-                                 r"Failed to start bootagent\.service|Failed to start .*bootagent"),
+    "host_keys_started": re.compile(r"Starting bootagent-host-keys\.service|Starting .*SSH host keys of"),
+    "host_keys_done": re.compile(r"Finished bootagent-host-keys\.service|Finished .*SSH host keys of|"
+                                 r"Failed to start bootagent-host-keys\.service"),
+    "bootagent_started": re.compile(r"Starting bootagent\.service|Starting .*bootagent first-boot"),
+    "bootagent_done": re.compile(r"Finished bootagent\.service|Finished .*bootagent first-boot|"
+                                 r"Failed to start bootagent\.service|Failed to start .*bootagent first-boot"),
+    # the cloud-init image of bench/realboot_bench.py
+    "cloud_init_local_started": re.compile(r"Starting cloud-init-local\.service|Starting .*cloud-init.*local"),
+    "cloud_init_local_done": re.compile(r"Finished cloud-init-local\.service|Finished .*cloud-init.*local"),
+    "cloud_init_done": re.compile(r"Finished cloud-init\.service|Finished .*Initial cloud-init job"),
     "ssh_started": re.compile(r"Started ssh\.service|Started .*OpenBSD Secure Shell"),
     "login_prompt": re.compile(r" login: ?$"),
     "power_off": re.compile(r"reboot: Power down|Power down\.?$"),
@@ -73,7 +80,8 @@ class VM:
 
     def __init__(self, disk: Path, kernel: Path, initrd: Path, *, workdir: Path,
                  vm_uuid: str, fake_port: int, name: str = "vm", accel: str | None = None,
-                 memory: int = 1024, cpus: int = 2, append: str = ""):
+                 memory: int = 1024, cpus: int = 2, append: str = "",
+                 extra_args: list[str] = ()):
         self.disk, self.kernel, self.initrd = Path(disk), Path(kernel), Path(initrd)
         self.workdir = Path(workdir)
         self.vm_uuid = vm_uuid
@@ -82,6 +90,7 @@ class VM:
         self.accel = accel
         self.memory, self.cpus = memory, cpus
         self.append = append
+        self.extra_args = list(extra_args)  # more QEMU arguments, e.g. a CD-ROM
         self.ssh_port: int | None = None
         self.proc: subprocess.Popen | None = None
         self.console_log = self.workdir / f"{name}.console.log"
@@ -115,7 +124,7 @@ class VM:
                "-uuid", self.vm_uuid,
                "-device", "virtio-rng-pci"]
         cmd += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg"]
-        return cmd
+        return cmd + self.extra_args
 
     def boot(self) -> "VM":
         if self.proc is not None:
@@ -280,6 +289,51 @@ class VM:
                 return now
             last = out
             time.sleep(0.25)
+
+    def wait_for_first_login(self, user: str, key: Path, timeout: float,
+                             every: float = 0.5, in_flight: int = 4) -> float:
+        """Like wait_for_ssh, for measuring: a new attempt starts every `every`
+        seconds while earlier ones are still under way (at most `in_flight`).
+        One attempt at a time measures the poll, not the guest: an attempt made
+        while sshd is not listening yet may hang in slirp until its
+        ConnectTimeout (5 s) although sshd is up a moment later (measured under
+        TCG: the first login 5.5 s after "Started ssh.service", when a login then
+        takes 1 s). Returns the host time the first attempt succeeded."""
+        deadline = time.monotonic() + timeout
+        self.wait_for_console(re.compile(f"{MILESTONES['dhcp'].pattern}|"
+                                         f"{MILESTONES['networkd'].pattern}"), timeout)
+        running: list[subprocess.Popen] = []
+        last, started = "", 0.0
+        try:
+            while True:
+                for attempt in list(running):
+                    if attempt.poll() is None:
+                        continue
+                    running.remove(attempt)
+                    out = attempt.stdout.read() if attempt.stdout else ""
+                    if attempt.returncode == 0:
+                        now = time.time()
+                        self.events.setdefault("ssh_login", now)
+                        return now
+                    last = out or last
+                if not self.running():
+                    raise RuntimeError(f"{self.name}: QEMU exited while waiting for SSH\n{self.tail()}")
+                if "ssh_gave_up" in self.events:
+                    raise RuntimeError(f"{self.name}: sshd failed to start and systemd gave up on it "
+                                       f"(console: {self.console_log})\n{self.tail()}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.name}: no SSH login as {user} within {timeout:.0f} s "
+                                       f"(last ssh output: {last.strip()!r})\n{self.tail()}")
+                if len(running) < in_flight and time.monotonic() - started >= every:
+                    started = time.monotonic()
+                    running.append(subprocess.Popen(
+                        self.ssh_command(user, key, "true"), stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                time.sleep(0.05)
+        finally:
+            for attempt in running:
+                attempt.kill()
+                attempt.wait()
 
     def timings(self) -> dict[str, float]:
         """Milestones in seconds since power-on (host clock)."""
