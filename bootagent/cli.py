@@ -42,6 +42,9 @@ COMMAND_OPTIONS = {
         ("--imds-url", "str", None, "IMDS base URL, or auto"),
         ("--json", "flag", False, "print the checks as one JSON object"),
     ]),
+    "host-keys": ("make this instance's SSH host keys now (the early unit's job; no IMDS)", [
+        ("--config", "str", None, "configuration file (default <root>/etc/bootagent/bootagent.yaml)"),
+    ]),
     "fake-imds": ("serve a local IMDS and wireserver for tests", []),  # options: bootagent.fake
 }
 # A command's optional positional argument: (name, default, help).
@@ -211,6 +214,29 @@ def cmd_doctor(args) -> int:
     return code
 
 
+def cmd_host_keys(args) -> int:
+    """The host_keys step alone, for units/bootagent-host-keys.service, which starts it as
+    soon as the root file system is writable, so that key generation (RSA above all)
+    overlaps the rest of the boot. Its instance is the DMI system UUID (no document is
+    fetched): with none it only makes missing keys, and the boot's run decides by the vmId.
+    The run's own host_keys step then finds this instance's keys in place. It logs its
+    result and writes nothing but the keys and their instance record."""
+    from bootagent import config
+    from bootagent.log import log
+    from bootagent.state import run_lock
+    from bootagent.steps import host_keys
+
+    ctx = _context(args, need_config=False)
+    ctx.config = config.load(ctx, args.config)
+    with run_lock(ctx):  # never beside a run's own host_keys step
+        outcome = host_keys.run(ctx, None)
+    detail = outcome.error or outcome.reason or ", ".join(outcome.changed)
+    failed = outcome.status == "failed"
+    log(ctx, "error" if failed else "info", f"{outcome.status}{': ' + detail if detail else ''}",
+        step="host_keys")
+    return 1 if failed else 0
+
+
 def cmd_fake_imds(args) -> int:
     from bootagent.fake.server import serve
 
@@ -218,7 +244,7 @@ def cmd_fake_imds(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "status": cmd_status, "clean": cmd_clean, "metadata": cmd_metadata,
-            "doctor": cmd_doctor, "fake-imds": cmd_fake_imds}
+            "doctor": cmd_doctor, "host-keys": cmd_host_keys, "fake-imds": cmd_fake_imds}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,7 +125,7 @@ build {
     ]
   }
 
-  # 2. The package, the unit and the configuration.
+  # 2. The package, the units and the configuration.
   provisioner "file" {
     source      = "${local.src}/bootagent"
     destination = "/tmp/bootagent-install"
@@ -135,12 +135,19 @@ build {
     destination = "/tmp/bootagent-install/bootagent.service"
   }
   provisioner "file" {
+    source      = "${local.src}/units/bootagent-host-keys.service"
+    destination = "/tmp/bootagent-install/bootagent-host-keys.service"
+  }
+  provisioner "file" {
     source      = local.config
     destination = "/tmp/bootagent-install/bootagent.yaml"
   }
 
   # 3. Install: Debian's python3 libraries, the package into dist-packages, a
-  #    launcher, the unit enabled for multi-user.target.
+  #    launcher (what pip's console script runs: entry() skips the interpreter's
+  #    shutdown), both units enabled for multi-user.target: bootagent.service
+  #    and bootagent-host-keys.service, which makes the SSH host keys as soon as
+  #    the root file system is writable, beside the rest of the boot.
   provisioner "shell" {
     execute_command = "sudo -n sh -c '{{ .Vars }} {{ .Path }}'"
     inline = [
@@ -153,12 +160,12 @@ build {
       "cp -r bootagent /usr/lib/python3/dist-packages/bootagent",
       "chown -R root:root /usr/lib/python3/dist-packages/bootagent",
       "python3 -m compileall -q /usr/lib/python3/dist-packages/bootagent",
-      "printf '#!/usr/bin/python3\\nfrom bootagent.cli import main\\nraise SystemExit(main())\\n' > /usr/bin/bootagent",
+      "printf '#!/usr/bin/python3\\nfrom bootagent.cli import entry\\nentry()\\n' > /usr/bin/bootagent",
       "chmod 0755 /usr/bin/bootagent",
       "install -D -m 0644 bootagent.yaml /etc/bootagent/bootagent.yaml",
-      "install -m 0644 bootagent.service /etc/systemd/system/bootagent.service",
+      "install -m 0644 bootagent.service bootagent-host-keys.service /etc/systemd/system/",
       "systemctl daemon-reload",
-      "systemctl enable bootagent.service",
+      "systemctl enable bootagent.service bootagent-host-keys.service",
       "rm -rf /tmp/bootagent-install",
     ]
   }

@@ -130,7 +130,11 @@ def main() -> int:
             result = json.loads(sh("sudo cat /run/bootagent/result.json"))
             checks = {
                 "provisioned as the new instance": result.get("instance_id", "").lower() == new_vm,
-                "new host keys": result["steps"]["host_keys"]["status"] == "changed",
+                # made early by bootagent-host-keys.service (else by the run itself)
+                "new host keys": "changed" in (
+                    result["steps"]["host_keys"]["status"],
+                    sh("sudo journalctl -b -u bootagent-host-keys -o cat --no-pager | "
+                       "grep -E '^(changed|unchanged)' | tail -n 1").split(":")[0].strip()),
                 "hostname": sh("hostname").strip() == "baked-vm-1",
                 "machine-id made at boot": len(sh("cat /etc/machine-id").strip()) == 32,
                 "build user gone": vm.ssh("azureuser", user_key, "getent passwd packer")[0] != 0,
