@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import select
 import socket
+import sys
 import struct
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
@@ -36,6 +37,15 @@ class FakeHTTPServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self.fake = fake
         super().__init__(address, FakeHandler)
+
+    def handle_error(self, request, client_address):
+        """A client that hangs up (or a connection cut at stop) is normal: say nothing.
+        Anything else is one line on stderr, never socketserver's traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return
+        sys.stderr.write(f"fake-imds: request from {client_address[0]} failed: "
+                         f"{type(error).__name__}: {error}\n")
 
 
 class FakeHandler(BaseHTTPRequestHandler):
