@@ -107,7 +107,7 @@ def _parser(argv: list[str]):
 
     class _Parser(argparse.ArgumentParser):
         def error(self, message):  # one line, exit 2, as for every usage error
-            raise UsageError(f"{message}; see `bootagent {self.prog.split()[-1]} --help`")
+            raise UsageError(f"{message}; see `{self.prog} --help`")
 
     parser = _Parser(prog="bootagent", description="First-boot provisioning for Azure VMs and Arc servers.")
     parser.add_argument("--version", action="version", version=f"bootagent {__version__}")

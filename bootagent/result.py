@@ -40,6 +40,8 @@ def build(*, instance_id: str | None, started: float, finished: float, imds: dic
 def write(ctx: Context, record: dict) -> None:
     body = json.dumps(record, indent=2, sort_keys=False).encode() + b"\n"
     writer.write_file(ctx, RESULT_PATH, body, mode=0o644, internal=True)
+    if ctx.log is not None:  # `systemctl status bootagent` shows the outcome
+        ctx.log.notify(f"READY=1\nSTATUS=finished: {record['status']}")
 
 
 def read(ctx: Context) -> dict | None:

@@ -536,3 +536,25 @@ def test_two_runs_at_once_are_serialised(root, fake_imds, document, tmp_path):
     assert record["status"] == "ok"
     assert all(status in ("unchanged", "skipped") for status in statuses(record).values())
     assert not list(root.rglob("*.bootagent-tmp.*"))
+
+
+def test_progress_and_the_outcome_reach_systemd_through_sd_notify(root, fake_imds, tmp_path):
+    """Under systemd (NotifyAccess=main) `systemctl status` shows the step and the outcome."""
+    import socket
+
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(address)
+        listener.settimeout(5)
+        done = run_cli("run", "--root", str(root), "--imds-url", fake_imds.url,
+                       env={"NOTIFY_SOCKET": address})
+        assert done.returncode == 0, done.stderr
+        messages = []
+        listener.settimeout(0.5)
+        try:
+            while True:
+                messages.append(listener.recv(4096).decode())
+        except TimeoutError:
+            pass
+    assert any(m.startswith("STATUS=step ") for m in messages), messages
+    assert messages[-1] == "READY=1\nSTATUS=finished: ok"
