@@ -151,8 +151,9 @@ def run(ctx: Context, boot: Boot) -> StepResult:
             refused.append((entries[0][0], f"{names} not installed: {err}"))
     if refused:
         count = sum(why.count("compute.publicKeys[") for _, why in refused)
-        return StepResult.failed(f"{count} of {len(boot.instance.public_keys)} public keys refused "
-                                 f"(fix them in the VM's publicKeys): "
+        return StepResult.failed(f"{count} of {len(boot.instance.public_keys)} public keys not "
+                                 f"installed (fix a refused key or path in the VM's publicKeys; a failed write "
+                                 f"names its own cause): "
                                  f"{' | '.join(why for _, why in sorted(refused))}", changed)
     return StepResult.done(changed)
 
