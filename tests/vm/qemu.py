@@ -112,7 +112,8 @@ class VM:
             f"guestfwd=tcp:{IMDS_IP}:80-{fwd}",
             f"guestfwd=tcp:{WIRESERVER_IP}:80-{fwd}",
         ])
-        append = ("root=/dev/vda rw console=ttyS0 panic=-1 "
+        # `ro`, as Debian's GRUB boots: the root turns writable when systemd-remount-fs runs
+        append = ("root=/dev/vda ro console=ttyS0 panic=-1 "
                   "systemd.journald.forward_to_console=1 " + self.append).strip()
         cmd = ["qemu-system-x86_64", "-name", self.name,
                "-m", str(self.memory), "-smp", str(self.cpus),
