@@ -215,21 +215,21 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_host_keys(args) -> int:
-    """The host_keys step alone, for units/bootagent-host-keys.service, which starts it as
-    soon as the root file system is writable, so that key generation (RSA above all)
-    overlaps the rest of the boot. Its instance is the DMI system UUID (no document is
-    fetched): with none it only makes missing keys, and the boot's run decides by the vmId.
-    The run's own host_keys step then finds this instance's keys in place. It logs its
+    """The host_keys step alone, for units/bootagent-host-keys.service, which starts it
+    before systemd remounts the root read-write: ssh-keygen (RSA above all) works in /run
+    meanwhile, and the keys are installed once the root is writable. Its instance is the
+    DMI system UUID (no document is fetched): with none it only makes missing keys, and
+    the boot's run decides by the vmId. It takes the step's own lock, not the run lock
+    (which lives on the root): the run fetches and provisions beside it, and only the
+    run's host_keys step waits, then finds this instance's keys in place. It logs its
     result and writes nothing but the keys and their instance record."""
     from bootagent import config
     from bootagent.log import log
-    from bootagent.state import run_lock
     from bootagent.steps import host_keys
 
     ctx = _context(args, need_config=False)
     ctx.config = config.load(ctx, args.config)
-    with run_lock(ctx):  # never beside a run's own host_keys step
-        outcome = host_keys.run(ctx, None)
+    outcome = host_keys.run(ctx, None, remount_wait=host_keys.REMOUNT_TIMEOUT)
     detail = outcome.error or outcome.reason or ", ".join(outcome.changed)
     failed = outcome.status == "failed"
     log(ctx, "error" if failed else "info", f"{outcome.status}{': ' + detail if detail else ''}",

@@ -4,6 +4,9 @@
          ─> fetch the document ─> per-instance steps, gated by state ─> templates
          ─> join host keys ─> report ─> userData script ─> state, result.json
 
+The host_keys step holds a lock of its own (the early unit's `bootagent host-keys` may be
+making the keys): only the join waits for it.
+
 A step never stops the others: its failure is recorded and the run goes on. Nothing
 here exits or prints; the CLI turns the returned code into the process's exit status.
 """
@@ -144,12 +147,12 @@ def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job
     boot = Boot(instance, state, state.begin(instance.instance_id), api_version)
     if not boot.new_instance:
         boot.hostname = state.get("hostname").get("hostname")
-    for name in ("hostname", "users", "ssh_keys"):
+    for name in PER_INSTANCE:
         _per_instance(ctx, boot, name)
+    _step(ctx, boot, "templates", templates.run)
+    # joined as late as it can be: while the early unit makes the keys, the steps above run
     boot.results["host_keys"] = host_keys_job.finish(instance.vm_id)
     _log_step(ctx, "host_keys", boot.results["host_keys"])
-    _per_instance(ctx, boot, "userdata")
-    _step(ctx, boot, "templates", templates.run)
     _step(ctx, boot, "report_ready", report.run)
     _run_script(ctx, boot)
     if not ctx.dry_run:

@@ -178,6 +178,33 @@ def make_dirs(ctx: Context, logical: str, mode: int = 0o755, owner: tuple[int, i
     return changed
 
 
+def read_only(ctx: Context, logical: str) -> bool:
+    """Whether the file system holding `logical` (or its nearest existing parent) is
+    mounted read-only."""
+    parts = split_logical(logical)
+    for depth in range(len(parts), -1, -1):
+        try:
+            return bool(os.statvfs(os.path.join(ctx.root, *parts[:depth])).f_flag & os.ST_RDONLY)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            raise _io_error(f"cannot check that {logical} is writable", err) from None
+    raise StepError(f"cannot reach {logical}: the root {ctx.root} is gone")
+
+
+def wait_writable(ctx: Context, logical: str, timeout: float) -> None:
+    """Return once `logical` is on a read-write mount; raise StepError after `timeout` s.
+
+    `bootagent host-keys` starts before systemd remounts the root read-write, so that key
+    generation overlaps the remount, and installs nothing until then."""
+    deadline = ctx.clock() + timeout
+    while read_only(ctx, logical):
+        if ctx.clock() >= deadline:
+            raise StepError(f"cannot write {logical}: its file system is still read-only after "
+                            f"{timeout:g} s; mount it read-write (systemd-remount-fs does at boot)")
+        ctx.sleep(0.05)
+
+
 def _io_error(what: str, err: OSError) -> StepError:
     """A full disk or a read-only file system is the machine's fault: one clear line,
     never an internal error."""
@@ -351,7 +378,7 @@ def append_record(ctx: Context, logical: str, record: bytes, mode: int = 0o644) 
 
 
 @contextmanager
-def exclusive_lock(ctx: Context, logical: str):
+def exclusive_lock(ctx: Context, logical: str, what: str = "the run lock"):
     """Hold an flock on `logical` for the block. The kernel drops it when a run dies, so a
     lock left by a killed run never blocks the next one."""
     import fcntl
@@ -362,7 +389,7 @@ def exclusive_lock(ctx: Context, logical: str):
             fd = os.open(parts[-1], os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=dir_fd)
     except OSError as err:  # a read-only or full root: one line, not an internal error
-        raise _io_error(f"cannot take the run lock {logical}", err) from None
+        raise _io_error(f"cannot take {what} {logical}", err) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -34,7 +34,14 @@ KEY_TYPES = ("rsa", "ecdsa", "ed25519")  # DSA: deprecated, and gone from OpenSS
 MAX_INCLUDE_DEPTH = 16  # as sshd
 MAX_CONFIG_BYTES = 1 << 20
 KEYGEN_TIMEOUT = 300.0
+# how long `bootagent host-keys`, started before the root is remounted read-write, waits
+# for that with the keys it made; a run starts after the remount and never waits
+REMOUNT_TIMEOUT = 120.0
 WORK_DIR = "/run/bootagent"  # the agent's own run-time directory (a tmpfs on a real boot)
+# Held by the step alone, not by the whole run: a run fetches and provisions while the early
+# unit makes the keys, and only its own host_keys step waits. On /run: it must be taken
+# before the root is writable, and it concerns this boot's processes only.
+LOCK_FILE = f"{WORK_DIR}/host-keys.lock"
 _KEY_NAME = re.compile(r"^ssh_host_(.+)_key$")
 _DIRECTIVE = re.compile(r"^\s*([A-Za-z]+)(?:\s*=\s*|\s+)(.*)$")
 
@@ -157,7 +164,19 @@ def _present(ctx: Context, logical: str) -> bool:
 
 # ---- the step ---------------------------------------------------------------------
 
-def run(ctx: Context, vm_id: str | None) -> StepResult:
+def run(ctx: Context, vm_id: str | None, remount_wait: float = 0.0) -> StepResult:
+    """The step, under its own lock: never two ssh-keygen rounds for the same files.
+    `remount_wait`: seconds to wait for a read-only root to turn writable before installing."""
+    if ctx.dry_run:
+        return _run(ctx, vm_id, 0.0)
+    try:
+        with writer.exclusive_lock(ctx, LOCK_FILE, what="the host keys' lock"):
+            return _run(ctx, vm_id, remount_wait)
+    except BootagentError as err:
+        return StepResult.failed(str(err))
+
+
+def _run(ctx: Context, vm_id: str | None, remount_wait: float) -> StepResult:
     mode = ctx.config.get("ssh", {}).get("host_keys", "regenerate")
     if mode == "off":
         return StepResult.skipped("ssh.host_keys is off")
@@ -179,11 +198,13 @@ def run(ctx: Context, vm_id: str | None) -> StepResult:
             for path in _outputs(logical, action):
                 ctx.changes.append((path, f"would {_WORDS[action]} SSH host key file {path}"))
         return _result([p for logical, action in plan for p in _outputs(logical, action)], refused, {})
-    changed, fingerprints, failures = _make(ctx, plan)
+    changed, fingerprints, failures = _make(ctx, plan, remount_wait)
     # Recorded only once every key it made is in place: a killed or failed run makes them
     # again next boot. Refused files were never touched; they are named again each boot.
     if not failures and record is not None and record != stored:
         try:
+            if remount_wait:
+                writer.wait_writable(ctx, state.HOST_KEYS_FILE, remount_wait)
             state.set_host_keys_instance(ctx, record)
         except BootagentError as err:
             failures.append(str(err))
@@ -216,7 +237,7 @@ def _plan(ctx: Context, keys: list[str], replace: bool) -> tuple[list[tuple[str,
     return plan, refused
 
 
-def _make(ctx: Context, plan: list[tuple[str, str]]) -> tuple[list[str], dict, list[str]]:
+def _make(ctx: Context, plan: list[tuple[str, str]], remount_wait: float) -> tuple[list[str], dict, list[str]]:
     """Generate every key of the plan at once, then install each through the writer.
 
     The .pub goes first: after a kill between the two, a new key's private half is
@@ -228,6 +249,11 @@ def _make(ctx: Context, plan: list[tuple[str, str]]) -> tuple[list[str], dict, l
         return changed, fingerprints, []
     try:
         made, failures = _keygen(ctx, plan)
+        # the writer's own error names a read-only file system when there is no wait
+        if remount_wait and writer.read_only(ctx, SSH_DIR):
+            log(ctx, "info", f"{len(made)} SSH host keys made; waiting for {SSH_DIR} "
+                "to be mounted read-write", STEP)
+            writer.wait_writable(ctx, SSH_DIR, remount_wait)
     except StepError as err:
         return changed, fingerprints, [str(err)]
     for logical, action in plan:
