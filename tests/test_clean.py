@@ -1,0 +1,71 @@
+"""`bootagent clean`: an image made to forget its instance before capture (real files, the
+installed command)."""
+
+from __future__ import annotations
+
+import fcntl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BOOTAGENT, result_json, run_cli
+from test_host_keys_early import plain_env
+
+UUID = "6a4b1d2e-0c3f-4e5a-9b8c-7d6e5f4a3b2c"
+
+
+@pytest.fixture
+def provisioned(root: Path, fake_imds) -> Path:
+    """A root after one boot: its instance recorded, an Ed25519 host key, a result."""
+    (root / "etc/ssh/sshd_config").write_text("HostKey /etc/ssh/ssh_host_ed25519_key\n")
+    (root / "sys/class/dmi/id").mkdir(parents=True)
+    (root / "sys/class/dmi/id/product_uuid").write_text(UUID + "\n")
+    (root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    done = run_cli("run", "--root", str(root), "--imds-url", fake_imds.url)
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+def test_clean_makes_the_next_boot_a_first_boot_and_removes_what_it_is_asked_to(provisioned, fake_imds):
+    root = provisioned
+    key = (root / "etc/ssh/ssh_host_ed25519_key").read_bytes()
+
+    done = run_cli("clean", "--root", str(root), "--logs", "--machine-id", "--ssh-host-keys")
+
+    assert done.returncode == 0, done.stderr
+    assert "removed /var/lib/bootagent/host-keys-instance" in done.stdout
+    assert "truncated /etc/machine-id" in done.stdout
+    for gone in ("etc/ssh/ssh_host_ed25519_key", "etc/ssh/ssh_host_ed25519_key.pub",
+                 "run/bootagent/result.json", "var/lib/bootagent/host-keys-instance",
+                 "var/lib/bootagent/instance.json"):
+        assert not (root / gone).exists(), gone
+    assert (root / "etc/machine-id").read_bytes() == b""
+
+    again = run_cli("run", "--root", str(root), "--imds-url", fake_imds.url)
+    assert again.returncode == 0, again.stderr
+    steps = result_json(root)["steps"]
+    assert steps["host_keys"]["status"] == "changed"
+    assert (root / "etc/ssh/ssh_host_ed25519_key").read_bytes() != key
+
+
+def test_clean_waits_for_a_run_under_way(provisioned):
+    root = provisioned
+    record = root / "var/lib/bootagent/host-keys-instance"
+    with open(root / "var/lib/bootagent/lock", "w") as held:  # as a run holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        clean = subprocess.Popen([BOOTAGENT, "clean", "--root", str(root)], env=plain_env(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(0.5)
+            assert clean.poll() is None, clean.communicate()
+            assert record.exists()
+            fcntl.flock(held, fcntl.LOCK_UN)
+            out, err = clean.communicate(timeout=60)
+        finally:
+            if clean.poll() is None:
+                clean.kill()
+    assert clean.returncode == 0, err
+    assert not record.exists()
+    assert "removed /var/lib/bootagent/host-keys-instance" in out
