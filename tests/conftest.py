@@ -90,6 +90,37 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 120, input: st
                           env=full_env, input=input)
 
 
+def plain_env() -> dict:
+    """This environment without the agent's test seams and without a journal."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("BOOTAGENT_") and k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
+
+
+@contextmanager
+def background(*args: str):
+    """The installed command, started and left running (text pipes); killed if the test
+    leaves it running."""
+    process = subprocess.Popen([BOOTAGENT, *args], env=plain_env(), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+@contextmanager
+def lock_held(path: Path):
+    """An flock on `path`, held as another agent process holds it; yields its release."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield lambda: fcntl.flock(held, fcntl.LOCK_UN)
+
+
 def result_json(root: Path) -> dict:
     return json.loads((root / "run/bootagent/result.json").read_text())
 

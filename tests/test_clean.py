@@ -3,15 +3,12 @@ installed command)."""
 
 from __future__ import annotations
 
-import fcntl
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import BOOTAGENT, result_json, run_cli
-from test_host_keys_early import plain_env
+from conftest import background, lock_held, result_json, run_cli
 
 UUID = "6a4b1d2e-0c3f-4e5a-9b8c-7d6e5f4a3b2c"
 
@@ -53,19 +50,12 @@ def test_clean_makes_the_next_boot_a_first_boot_and_removes_what_it_is_asked_to(
 def test_clean_waits_for_a_run_under_way(provisioned):
     root = provisioned
     record = root / "var/lib/bootagent/host-keys-instance"
-    with open(root / "var/lib/bootagent/lock", "w") as held:  # as a run holds it
-        fcntl.flock(held, fcntl.LOCK_EX)
-        clean = subprocess.Popen([BOOTAGENT, "clean", "--root", str(root)], env=plain_env(),
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            time.sleep(0.5)
-            assert clean.poll() is None, clean.communicate()
-            assert record.exists()
-            fcntl.flock(held, fcntl.LOCK_UN)
-            out, err = clean.communicate(timeout=60)
-        finally:
-            if clean.poll() is None:
-                clean.kill()
+    with lock_held(root / "var/lib/bootagent/lock") as release, background("clean", "--root", str(root)) as clean:
+        time.sleep(0.5)
+        assert clean.poll() is None, clean.communicate()
+        assert record.exists()
+        release()
+        out, err = clean.communicate(timeout=60)
     assert clean.returncode == 0, err
     assert not record.exists()
     assert "removed /var/lib/bootagent/host-keys-instance" in out

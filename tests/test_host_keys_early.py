@@ -6,7 +6,6 @@ remounted read-only, then read-write, as systemd-remount-fs does at boot), a rea
 
 from __future__ import annotations
 
-import fcntl
 import os
 import subprocess
 import time
@@ -19,7 +18,7 @@ from bootagent import writer
 from bootagent.context import Context
 from bootagent.errors import StepError
 
-from conftest import BOOTAGENT, build_root, result_json, run_cli
+from conftest import background, build_root, lock_held, result_json, run_cli
 
 UUID = "6a4b1d2e-0c3f-4e5a-9b8c-7d6e5f4a3b2c"
 ED25519 = "etc/ssh/ssh_host_ed25519_key"
@@ -34,12 +33,6 @@ def two_keys_no_rsa(root: Path) -> None:
 def set_dmi(root: Path, uuid: str) -> None:
     (root / "sys/class/dmi/id").mkdir(parents=True, exist_ok=True)
     (root / "sys/class/dmi/id/product_uuid").write_text(uuid + "\n")
-
-
-def plain_env() -> dict:
-    """This environment without the agent's test seams and without a journal."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith("BOOTAGENT_") and k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
 
 
 def wait_for(condition, what: str, timeout: float = 60.0) -> None:
@@ -81,9 +74,7 @@ def test_on_a_read_only_root_keys_are_made_in_run_and_installed_once_it_turns_wr
         set_dmi(root, UUID)
         with mounted_tmpfs(root / "run"):
             remount(root, "ro")
-            command = subprocess.Popen([BOOTAGENT, "host-keys", "--root", str(root)], env=plain_env(),
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            try:
+            with background("host-keys", "--root", str(root)) as command:
                 # ssh-keygen's work is done while the root is read-only (it works under /run)
                 said = command.stderr.readline()
                 assert said == ("bootagent: host_keys: 2 SSH host keys made; "
@@ -95,9 +86,6 @@ def test_on_a_read_only_root_keys_are_made_in_run_and_installed_once_it_turns_wr
 
                 remount(root, "rw")
                 out, err = command.communicate(timeout=60)
-            finally:
-                if command.poll() is None:
-                    command.kill()
             assert command.returncode == 0, err
             for key in (ED25519, ECDSA):
                 assert pair_is_valid(root / key)
@@ -137,26 +125,17 @@ def test_without_a_dmi_uuid_the_command_makes_only_missing_keys_and_records_no_i
 def test_a_run_provisions_while_the_host_keys_are_being_made_and_waits_only_to_finish(root, fake_imds):
     two_keys_no_rsa(root)
     set_dmi(root, UUID)
-    lock_path = root / "run/bootagent/host-keys.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as held:  # as `bootagent host-keys` holds it while ssh-keygen works
-        fcntl.flock(held, fcntl.LOCK_EX)
-        run = subprocess.Popen([BOOTAGENT, "run", "--root", str(root), "--imds-url", fake_imds.url],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=plain_env())
-        try:
-            admin = fake_imds.document["compute"]["osProfile"]["adminUsername"]
-            keys = root / f"home/{admin}/.ssh/authorized_keys"
-            wait_for(keys.exists, "the admin's keys, installed while the lock is held")
-            time.sleep(0.3)
-            assert run.poll() is None, run.communicate()
-            assert not (root / "run/bootagent/result.json").exists()
-            assert not (root / ED25519).exists()
-            fcntl.flock(held, fcntl.LOCK_UN)
-            out, err = run.communicate(timeout=60)
-        finally:
-            if run.poll() is None:
-                run.kill()
+    lock = root / "run/bootagent/host-keys.lock"  # as `bootagent host-keys` holds it while ssh-keygen works
+    with lock_held(lock) as release, background("run", "--root", str(root), "--imds-url", fake_imds.url) as run:
+        admin = fake_imds.document["compute"]["osProfile"]["adminUsername"]
+        keys = root / f"home/{admin}/.ssh/authorized_keys"
+        wait_for(keys.exists, "the admin's keys, installed while the lock is held")
+        time.sleep(0.3)
+        assert run.poll() is None, run.communicate()
+        assert not (root / "run/bootagent/result.json").exists()
+        assert not (root / ED25519).exists()
+        release()
+        out, err = run.communicate(timeout=60)
     assert run.returncode == 0, err
     assert result_json(root)["steps"]["host_keys"]["status"] == "changed"
     assert pair_is_valid(root / ED25519)
