@@ -6,15 +6,14 @@ their own databases, never the host's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bootagent.record import Record
 
 from bootagent import writer
 from bootagent.context import Context
 from bootagent.errors import StepError
 
 
-@dataclass(frozen=True)
-class Account:
+class Account(Record, frozen=True):
     name: str
     uid: int
     gid: int

@@ -7,7 +7,7 @@ only: a boot with nothing to do never decodes it, so it never imports PyYAML.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from bootagent.record import Factory, Record
 
 from bootagent.accounts import Account
 from bootagent.imds.document import Instance
@@ -16,13 +16,12 @@ from bootagent.state import InstanceState
 from bootagent.steps import StepResult
 
 
-@dataclass
-class Boot:
+class Boot(Record):
     instance: Instance | None
     state: InstanceState
     new_instance: bool = False
     api_version: str = ""
-    results: dict[str, StepResult] = field(default_factory=dict)
+    results: dict[str, StepResult] = Factory(dict)
     hostname: str | None = None          # what the hostname step set or would set
     admin: Account | None = None         # the admin account once the users step has it
     _user_data: UserData | None = None

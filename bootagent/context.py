@@ -8,29 +8,28 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from bootagent.record import Factory, Record
 from typing import Callable, Mapping
 
 from bootagent.errors import UnsafePath
 
 
-@dataclass
-class Context:
+class Context(Record):
     root: str = "/"
-    config: dict = field(default_factory=dict)
+    config: dict = Factory(dict)
     dry_run: bool = False
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     wall: Callable[[], float] = time.time
-    env: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    env: Mapping[str, str] = Factory(lambda: os.environ)
     log: object = None
     imds_url: str = ""
     on_arc: bool = False
     deadline: float = float("inf")
     # dry-run: (path, description) of every change the writer would make
-    changes: list = field(default_factory=list)
+    changes: list = Factory(list)
     # the writer's bookkeeping: directories already swept of stale temp files, write points
-    swept_dirs: set = field(default_factory=set)
+    swept_dirs: set = Factory(set)
     write_points: int = 0
 
     def __post_init__(self):

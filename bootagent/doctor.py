@@ -16,10 +16,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from bootagent.errors import BootagentError, StepError
+from bootagent.record import Record
 
 CHECK_TIMEOUT = 3.0
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
@@ -28,8 +28,7 @@ RTF_UP = 0x1
 RTF_GATEWAY = 0x2
 
 
-@dataclass
-class Check:
+class Check(Record):
     name: str
     status: str  # PASS | FAIL | SKIP
     reason: str

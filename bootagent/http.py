@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import random
 from collections import deque
-from dataclasses import dataclass
+from bootagent.record import Record
 from typing import Callable, TypeVar
 
 import requests
@@ -32,8 +32,7 @@ RETRY_STATUSES = frozenset({410, 429}) | frozenset(range(500, 600))
 T = TypeVar("T")
 
 
-@dataclass
-class Response:
+class Response(Record):
     status: int
     headers: dict
     body: bytes

@@ -17,15 +17,14 @@ import select
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from bootagent.record import Record
 
 MAX_OUTPUT = 1 << 20        # bytes of script output kept (head and tail)
 OUTPUT_GRACE = 1.0          # seconds to keep reading after the script itself exited
 KILL_GRACE = 2.0            # seconds between SIGTERM and SIGKILL at the time limit
 
 
-@dataclass
-class ScriptRun:
+class ScriptRun(Record):
     exit_status: int | None = None      # exit code; -N when ended by signal N
     killed_after: float | None = None   # the time limit, when the script reached it
     seconds: float = 0.0

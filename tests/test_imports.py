@@ -23,8 +23,9 @@ from conftest import REPO, result_json, run_cli
 # Heavy modules a command must not load: Jinja and PyYAML cost a later boot more than
 # its whole budget; argparse is for help and errors; subprocess only for a step that
 # runs a tool (useradd, ssh-keygen, a userData script). A boot fetches, so it imports
-# requests; status speaks no HTTP at all.
-NEVER_ON_A_LATER_BOOT = ("jinja2", "yaml", "argparse", "subprocess")
+# requests; status speaks no HTTP at all. dataclasses brings inspect, ast and dis along
+# (bootagent.record does its work).
+NEVER_ON_A_LATER_BOOT = ("jinja2", "yaml", "argparse", "subprocess", "dataclasses", "inspect")
 NEVER_ON_STATUS = NEVER_ON_A_LATER_BOOT + ("requests", "http.client", "bootagent.runner")
 
 PRINT_MODULES = """

@@ -103,7 +103,7 @@ def test_same_bytes_with_another_mode_fixes_the_mode_in_place(make_ctx, root):
 class WatchingContext(Context):
     """At each write point, note the mode and owner of any temp file in `watched`."""
 
-    watched: Path
+    watched: Path | None = None  # a Record field: set after construction
 
     def checkpoint(self) -> None:
         super().checkpoint()

@@ -8,21 +8,19 @@ object holds a non-empty string `vmId`; anything else is refused with DocumentEr
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from bootagent.record import Factory, Record
 
 from bootagent.errors import DocumentError
 
 MAX_TAGS = 1000
 
 
-@dataclass(frozen=True)
-class PublicKey:
+class PublicKey(Record, frozen=True):
     key_data: object
     path: object
 
 
-@dataclass(frozen=True)
-class Instance:
+class Instance(Record, frozen=True):
     vm_id: str
     compute: dict
     network: dict
@@ -32,7 +30,7 @@ class Instance:
     has_os_profile: bool = False
     disable_password_auth: object = None
     public_keys: tuple = ()
-    tags: dict = field(default_factory=dict)
+    tags: dict = Factory(dict)
     tags_error: str | None = None
     user_data: object = None
 

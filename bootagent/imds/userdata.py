@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import zlib
-from dataclasses import dataclass
+from bootagent.record import Record
 
 from bootagent.errors import StepError
 
@@ -21,8 +21,7 @@ class UserDataError(StepError):
     pass
 
 
-@dataclass(frozen=True)
-class UserData:
+class UserData(Record, frozen=True):
     data: bytes
     kind: str               # "yaml", "script" or "other"
     mapping: dict | None    # the YAML mapping when kind == "yaml"

@@ -11,7 +11,7 @@ refused before parsing, so no entity can expand (billion laughs) or reach outsid
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from bootagent.record import Record
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
@@ -35,8 +35,7 @@ _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]
 _XML_MESSAGE = re.compile(rb"<Message>(.{0,400}?)</Message>", re.DOTALL)
 
 
-@dataclass(frozen=True)
-class GoalState:
+class GoalState(Record, frozen=True):
     incarnation: str
     container_id: str
     instance_id: str

@@ -6,18 +6,17 @@ steps found), changes files only through the writer, and reports what it did.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from bootagent.record import Factory, Record
 
 ORDER = ("hostname", "users", "ssh_keys", "host_keys", "userdata", "templates", "report_ready")
 
 
-@dataclass
-class StepResult:
+class StepResult(Record):
     status: str  # changed | unchanged | skipped | failed
-    changed: list = field(default_factory=list)
+    changed: list = Factory(list)
     error: str | None = None
     reason: str | None = None
-    details: dict = field(default_factory=dict)
+    details: dict = Factory(dict)
 
     @classmethod
     def skipped(cls, reason: str) -> "StepResult":

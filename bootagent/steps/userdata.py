@@ -18,7 +18,6 @@ output is the user's own report and may be logged.
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 
 from bootagent import writer
@@ -73,7 +72,7 @@ def run_script(ctx: Context, boot: Boot, *, force_live: bool = False) -> StepRes
     Returns `boot.results["userdata"]` as it is when no script is pending. `force_live`
     is for tests only: it runs the script although the root is not `/`."""
     saved = boot.results.get(STEP) or StepResult("unchanged")
-    outcome = dataclasses.replace(saved, changed=list(saved.changed), details=dict(saved.details))
+    outcome = saved.replace(changed=list(saved.changed), details=dict(saved.details))
     if outcome.details.get("script") != "pending":
         return outcome
     reason = _why_not(ctx, force_live)
