@@ -1,9 +1,10 @@
 """Log lines and progress: to the journal with structured fields when systemd runs us,
 else to stderr. The agent keeps no log file of its own.
 
-Journal fields: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER=bootagent, BOOTAGENT_STEP and
-BOOTAGENT_INSTANCE_ID. systemd-python is optional: its C modules are imported only
-when a journal is there (they cost little; the Python wrappers cost more).
+Journal fields: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER=bootagent, BOOTAGENT_STEP,
+BOOTAGENT_INSTANCE_ID, and OBJECT_SYSTEMD_UNIT (the agent's own unit; see own_unit).
+systemd-python is optional: its C modules are imported only when a journal is there
+(they cost little; the Python wrappers cost more).
 """
 
 from __future__ import annotations
@@ -21,12 +22,16 @@ class Log:
         self.instance_id = ""
         self._sendv = None
         self._notify_socket = env.get("NOTIFY_SOCKET", "")
+        self._unit_field = ""
         if env.get("JOURNAL_STREAM") or env.get("INVOCATION_ID"):
             try:
                 from systemd._journal import sendv
                 self._sendv = sendv
             except ImportError:
                 pass
+            else:
+                unit = own_unit()
+                self._unit_field = f"OBJECT_SYSTEMD_UNIT={unit}" if unit else ""
 
     def _emit(self, level: str, message: str, step: str | None) -> None:
         if self._sendv is not None:
@@ -36,6 +41,8 @@ class Log:
                 fields.append(f"BOOTAGENT_STEP={step}")
             if self.instance_id:
                 fields.append(f"BOOTAGENT_INSTANCE_ID={self.instance_id}")
+            if self._unit_field:
+                fields.append(self._unit_field)
             try:
                 self._sendv(*fields)
                 return
@@ -74,6 +81,28 @@ class Log:
 
     def status(self, text: str) -> None:
         self.notify(f"STATUS={text}")
+
+
+def unit_of_cgroup(text: str) -> str | None:
+    """The systemd unit a /proc/<pid>/cgroup names (cgroup v2's `0::/system.slice/x.service`)."""
+    for line in text.splitlines():
+        path = line.split(":", 2)[-1]
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        if name.endswith((".service", ".scope")):
+            return name
+    return None
+
+
+def own_unit(cgroup_file: str = "/proc/self/cgroup") -> str | None:
+    """The unit this process runs in. Journald learns it from the sender's cgroup, which
+    it cannot read once the sender has exited: bootagent-host-keys.service starts before
+    journald and, with nothing to do, can finish before journald reads its lines. Named
+    in OBJECT_SYSTEMD_UNIT, `journalctl -u <unit>` finds them all the same."""
+    try:
+        with open(cgroup_file, encoding="utf-8", errors="replace") as handle:
+            return unit_of_cgroup(handle.read(4096))
+    except OSError:
+        return None
 
 
 def log(ctx, level: str, message: str, step: str | None = None) -> None:
