@@ -6,7 +6,6 @@ remounted read-only, then read-write, as systemd-remount-fs does at boot), a rea
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from contextlib import contextmanager
