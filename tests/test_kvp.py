@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from bootagent import __version__
 from bootagent.platform import kvp
+from bootagent.state import InstanceState
 from bootagent.steps import StepResult, report
 
 from conftest import b64
@@ -161,3 +163,26 @@ def test_dry_run_appends_nothing(root, make_ctx, fake_imds, document):
     report.run(ctx, make_boot(document))
     assert not (root / "var/lib/hyperv/.kvp_pool_1").exists()
     assert any(path == "/var/lib/hyperv/.kvp_pool_1" for path, _ in ctx.changes)
+
+
+def test_a_wireserver_still_unreachable_adds_no_second_kvp_record(root, make_ctx, document):
+    on_azure(root)
+    (root / "var/lib/hyperv").mkdir(parents=True)
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    state = InstanceState({"steps": {}})
+    for _ in range(2):  # two boots of one instance, the second with the first's memory
+        ctx = make_ctx(config={"azure": {"wireserver": f"http://127.0.0.1:{port}"}},
+                       deadline=time.monotonic() + 0.5, wall=lambda: WALL)
+        boot = make_boot(document, steps=state.data["steps"])
+        assert report.run(ctx, boot).status == "failed"
+        state = boot.state
+    assert [key for key, _ in read_pool(root)] == ["PROVISIONING_REPORT"]
+    assert not state.done("report_ready")  # the wireserver is still due
+
+    failed = dict(OK_STEPS, users=StepResult.failed("useradd failed"))  # a new outcome: told again
+    ctx = make_ctx(config={"azure": {"wireserver": f"http://127.0.0.1:{port}"}},
+                   deadline=time.monotonic() + 0.5, wall=lambda: WALL)
+    report.run(ctx, make_boot(document, failed, steps=state.data["steps"]))
+    assert [fields(value)["result"] for _, value in read_pool(root)] == ["success", "error"]

@@ -42,7 +42,10 @@ def run(ctx, boot) -> StepResult:
     if delivered == "Ready" or (delivered == "NotReady" and not ready):
         return StepResult("unchanged", reason=f"{delivered} was already reported for this instance")
     description = None if ready else describe(failures, boot)
-    changed = _kvp(ctx, boot, ready, description)
+    # One KVP record per outcome and instance: a boot that only retries an unreachable
+    # wireserver appends no copy of what the host has already been told.
+    told = boot.state.get(STEP).get("kvp")
+    changed = [] if told == state else _kvp(ctx, boot, ready, description)
     url = ctx.config["azure"]["wireserver"]
     if ctx.dry_run:
         ctx.changes.append((url, f"would report {state} to the wireserver at {url}"
@@ -53,6 +56,8 @@ def run(ctx, boot) -> StepResult:
     try:
         wireserver.report(ctx, wireserver.client(ctx), url, ready, description, ctx.deadline)
     except BootagentError as err:
+        if changed or told == state:
+            boot.state.record(STEP, False, kvp=state)
         return StepResult.failed(f"reporting {state} to the wireserver failed: {err}; it is tried again "
                                  f"at the next boot (check the way to {url} with `bootagent doctor`)",
                                  changed)
