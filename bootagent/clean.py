@@ -19,9 +19,7 @@ def clean(ctx: Context, *, logs: bool, machine_id: bool, host_keys: bool) -> lis
     """Do it, and say what was done, one line per change. A run or the early unit's key
     generation that is under way finishes first (their locks, taken in the run's order):
     otherwise it could record the instance, or install a key, just after it was forgotten."""
-    from bootagent.steps.host_keys import LOCK_FILE as HOST_KEYS_LOCK
-
-    with state.run_lock(ctx), writer.exclusive_lock(ctx, HOST_KEYS_LOCK, what="the host keys' lock"):
+    with state.run_lock(ctx), state.host_keys_lock(ctx):
         return _clean(ctx, logs=logs, machine_id=machine_id, host_keys=host_keys)
 
 

@@ -17,6 +17,10 @@ STATE_DIR = "/var/lib/bootagent"
 INSTANCE_FILE = f"{STATE_DIR}/instance.json"
 HOST_KEYS_FILE = f"{STATE_DIR}/host-keys-instance"
 LOCK_FILE = f"{STATE_DIR}/lock"
+# Held by the host_keys step alone, not by the whole run: a run fetches and provisions
+# while the early unit makes the keys, and only its own host_keys step waits. On /run:
+# it must be taken before the root is writable, and it concerns this boot's processes only.
+HOST_KEYS_LOCK = "/run/bootagent/host-keys.lock"
 
 
 def _read_json(ctx: Context, logical: str) -> dict:
@@ -85,3 +89,8 @@ def forget_instance(ctx: Context) -> list[str]:
 
 def run_lock(ctx: Context):
     return writer.exclusive_lock(ctx, LOCK_FILE)
+
+
+def host_keys_lock(ctx: Context):
+    """Never two ssh-keygen rounds for the same files; taken after the run lock when both are."""
+    return writer.exclusive_lock(ctx, HOST_KEYS_LOCK, what="the host keys' lock")

@@ -9,16 +9,15 @@ from pathlib import Path
 import pytest
 
 from conftest import background, lock_held, result_json, run_cli
+from test_host_keys import UUID, set_dmi
 
-UUID = "6a4b1d2e-0c3f-4e5a-9b8c-7d6e5f4a3b2c"
 
 
 @pytest.fixture
 def provisioned(root: Path, fake_imds) -> Path:
     """A root after one boot: its instance recorded, an Ed25519 host key, a result."""
     (root / "etc/ssh/sshd_config").write_text("HostKey /etc/ssh/ssh_host_ed25519_key\n")
-    (root / "sys/class/dmi/id").mkdir(parents=True)
-    (root / "sys/class/dmi/id/product_uuid").write_text(UUID + "\n")
+    set_dmi(root, UUID)
     (root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
     done = run_cli("run", "--root", str(root), "--imds-url", fake_imds.url)
     assert done.returncode == 0, done.stderr

@@ -18,8 +18,8 @@ from bootagent.context import Context
 from bootagent.errors import StepError
 
 from conftest import background, build_root, lock_held, result_json, run_cli
+from test_host_keys import UUID, pair_is_valid, set_dmi
 
-UUID = "6a4b1d2e-0c3f-4e5a-9b8c-7d6e5f4a3b2c"
 ED25519 = "etc/ssh/ssh_host_ed25519_key"
 ECDSA = "etc/ssh/ssh_host_ecdsa_key"
 
@@ -29,22 +29,12 @@ def two_keys_no_rsa(root: Path) -> None:
     (root / "etc/ssh/sshd_config").write_text(f"HostKey /{ED25519}\nHostKey /{ECDSA}\n")
 
 
-def set_dmi(root: Path, uuid: str) -> None:
-    (root / "sys/class/dmi/id").mkdir(parents=True, exist_ok=True)
-    (root / "sys/class/dmi/id/product_uuid").write_text(uuid + "\n")
-
-
 def wait_for(condition, what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
-
-
-def pair_is_valid(private: Path) -> bool:
-    derived = subprocess.run(["ssh-keygen", "-y", "-f", str(private)], capture_output=True, check=True)
-    return derived.stdout.split()[:2] == Path(f"{private}.pub").read_bytes().split()[:2]
 
 
 @contextmanager

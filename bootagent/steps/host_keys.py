@@ -38,10 +38,6 @@ KEYGEN_TIMEOUT = 300.0
 # for that with the keys it made; a run starts after the remount and never waits
 REMOUNT_TIMEOUT = 120.0
 WORK_DIR = "/run/bootagent"  # the agent's own run-time directory (a tmpfs on a real boot)
-# Held by the step alone, not by the whole run: a run fetches and provisions while the early
-# unit makes the keys, and only its own host_keys step waits. On /run: it must be taken
-# before the root is writable, and it concerns this boot's processes only.
-LOCK_FILE = f"{WORK_DIR}/host-keys.lock"
 _KEY_NAME = re.compile(r"^ssh_host_(.+)_key$")
 _DIRECTIVE = re.compile(r"^\s*([A-Za-z]+)(?:\s*=\s*|\s+)(.*)$")
 
@@ -165,12 +161,12 @@ def _present(ctx: Context, logical: str) -> bool:
 # ---- the step ---------------------------------------------------------------------
 
 def run(ctx: Context, vm_id: str | None, remount_wait: float = 0.0) -> StepResult:
-    """The step, under its own lock: never two ssh-keygen rounds for the same files.
+    """The step, under its own lock (state.host_keys_lock), not the run's.
     `remount_wait`: seconds to wait for a read-only root to turn writable before installing."""
     if ctx.dry_run:
         return _run(ctx, vm_id, 0.0)
     try:
-        with writer.exclusive_lock(ctx, LOCK_FILE, what="the host keys' lock"):
+        with state.host_keys_lock(ctx):
             return _run(ctx, vm_id, remount_wait)
     except BootagentError as err:
         return StepResult.failed(str(err))
