@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from bootagent.record import Factory, Record
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping  # not typing: ~2 ms of import per process
 
 from bootagent.errors import UnsafePath
 

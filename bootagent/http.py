@@ -11,13 +11,13 @@ from __future__ import annotations
 import errno
 import random
 from collections import deque
-from bootagent.record import Record
-from typing import Callable, TypeVar
+from collections.abc import Callable
 
 import requests
 
 from bootagent import __version__
 from bootagent.errors import BootagentError, HttpError
+from bootagent.record import Record
 
 MAX_BODY = 4 << 20
 CONNECT_TIMEOUT = 2.0
@@ -28,8 +28,6 @@ FIRST_BACKOFF = 0.25
 MAX_BACKOFF = 4.0
 QUICK_RETRY = 0.2
 RETRY_STATUSES = frozenset({410, 429}) | frozenset(range(500, 600))
-
-T = TypeVar("T")
 
 
 class Response(Record):
@@ -98,8 +96,8 @@ class Http:
         return b"".join(chunks)
 
     def retrying(self, method: str, url: str, *, headers: dict, deadline: float,
-                 accept: Callable[[Response], T], data: bytes | None = None,
-                 what: str = "the request") -> T:
+                 accept: Callable[[Response], object], data: bytes | None = None,
+                 what: str = "the request") -> object:
         """Send until `accept` returns a value or the deadline passes.
 
         Transport failures, 410, 429, 5xx and RetryLater are retried: refused connections
