@@ -133,7 +133,10 @@ def _parser(argv: list[str]):
     return parser
 
 
-def _context(args, *, need_config: bool = True):
+def _context(args, *, read_config: bool = True, imds: bool = True):
+    """The context every command runs in. `read_config`: the root's configuration (or
+    --config), else the defaults (status needs none). `imds`: resolve the IMDS URL too,
+    for the commands that talk to IMDS."""
     from bootagent import config
     from bootagent.context import Context
     from bootagent.log import Log
@@ -141,8 +144,8 @@ def _context(args, *, need_config: bool = True):
     if not os.path.isdir(args.root):
         raise UsageError(f"--root {args.root} is not a directory; create it or fix the path")
     ctx = Context(root=args.root, dry_run=getattr(args, "dry_run", False), log=Log())
-    ctx.config = config.load(ctx, getattr(args, "config", None)) if need_config else config.defaults()
-    if need_config:  # the commands that talk to IMDS; status and clean need no URL (nor the runner)
+    ctx.config = config.load(ctx, getattr(args, "config", None)) if read_config else config.defaults()
+    if imds:
         from bootagent.runner import resolve_imds_url
 
         url = getattr(args, "imds_url", None) or ctx.config["imds"]["url"]
@@ -170,16 +173,19 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from bootagent import status
 
-    ctx = _context(args, need_config=False)
+    ctx = _context(args, read_config=False, imds=False)
     code, text = status.report(ctx, wait=args.wait, timeout=args.timeout, as_json=args.json)
     sys.stdout.write(text)
     return code
 
 
 def cmd_clean(args) -> int:
+    """Also reads the configuration, as the boot will: a configuration that every VM made
+    from the image would refuse fails the capture (exit 2) instead, and a valid one leaves
+    its parse cached, so the image's first boot reads it without PyYAML."""
     from bootagent import clean
 
-    ctx = _context(args, need_config=False)
+    ctx = _context(args, imds=False)
     for line in clean.clean(ctx, logs=args.logs, machine_id=args.machine_id, host_keys=args.ssh_host_keys):
         sys.stdout.write(line + "\n")
     return 0
@@ -223,12 +229,10 @@ def cmd_host_keys(args) -> int:
     (which lives on the root): the run fetches and provisions beside it, and only the
     run's host_keys step waits, then finds this instance's keys in place. It logs its
     result and writes nothing but the keys and their instance record."""
-    from bootagent import config
     from bootagent.log import log
     from bootagent.steps import host_keys
 
-    ctx = _context(args, need_config=False)
-    ctx.config = config.load(ctx, args.config)
+    ctx = _context(args, imds=False)
     outcome = host_keys.run(ctx, None, remount_wait=host_keys.REMOUNT_TIMEOUT)
     detail = outcome.error or outcome.reason or ", ".join(outcome.changed)
     failed = outcome.status == "failed"

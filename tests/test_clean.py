@@ -58,3 +58,36 @@ def test_clean_waits_for_a_run_under_way(provisioned):
     assert clean.returncode == 0, err
     assert not record.exists()
     assert "removed /var/lib/bootagent/host-keys-instance" in out
+
+
+def test_clean_refuses_a_configuration_every_vm_of_the_image_would_refuse(provisioned):
+    root = provisioned
+    (root / "etc/bootagent").mkdir(parents=True, exist_ok=True)
+    (root / "etc/bootagent/bootagent.yaml").write_text("ssh:\n  host_keys: sometimes\n")
+
+    done = run_cli("clean", "--root", str(root), "--ssh-host-keys")
+
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ssh.host_keys" in lines[0] and "bootagent.yaml" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+    # nothing was forgotten or removed: the capture stops before it starts
+    assert (root / "var/lib/bootagent/host-keys-instance").exists()
+    assert (root / "etc/ssh/ssh_host_ed25519_key").exists()
+
+
+def test_the_first_boot_of_a_cleaned_image_reads_its_configuration_without_yaml(provisioned):
+    from test_imports import loaded, modules_after
+
+    root = provisioned
+    key = (root / "etc/ssh/ssh_host_ed25519_key").read_bytes()
+    (root / "etc/bootagent").mkdir(parents=True, exist_ok=True)
+    (root / "etc/bootagent/bootagent.yaml").write_text("ssh:\n  host_keys: keep\n")
+    assert run_cli("clean", "--root", str(root)).returncode == 0
+
+    code, modules = modules_after("host-keys", "--root", str(root))
+
+    assert code == 0
+    assert loaded(modules, ("yaml",)) == []
+    # the configuration it read is the new one: `keep` kept the key a new instance replaces
+    assert (root / "etc/ssh/ssh_host_ed25519_key").read_bytes() == key
