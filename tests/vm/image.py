@@ -476,6 +476,24 @@ LAUNCHER = "#!/usr/bin/python3\nfrom bootagent.cli import entry\nentry()\n"
 UNITS = ("bootagent.service", "bootagent-host-keys.service")
 
 
+CONFIG_CACHE = "/var/lib/bootagent/config-cache.json"
+# `bootagent clean`, run over a staging root, by this interpreter and the tree's package
+CLEAN = "import sys; sys.path.insert(0, sys.argv[1]); from bootagent.cli import main; sys.exit(main(sys.argv[2:]))"
+
+
+def captured_config_cache(config: str, repo: Path = REPO) -> bytes:
+    """What an image captured as the Packer example captures it (`bootagent clean` last)
+    holds beside its configuration: clean validates it and leaves its parse cached, so
+    the first boot reads it without PyYAML. Made by the tree's own clean."""
+    with tempfile.TemporaryDirectory(prefix="vm-capture-") as stage:
+        path = Path(stage) / "etc/bootagent/bootagent.yaml"
+        path.parent.mkdir(parents=True)
+        path.write_text(config)
+        subprocess.run([sys.executable, "-c", CLEAN, str(repo), "clean", "--root", stage],
+                       check=True, capture_output=True)
+        return (Path(stage) / CONFIG_CACHE.lstrip("/")).read_bytes()
+
+
 def copy_disk(src: Path, dest: Path) -> Path:
     subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(src), str(dest)], check=True)
     return dest
@@ -489,7 +507,8 @@ def install_bootagent(base: BaseImage, dest: Path, *, config: str | None = None,
     (byte-compiled, as Debian's own python packages are), a launcher at
     /usr/bin/bootagent, units/bootagent.service and bootagent-host-keys.service
     into /etc/systemd/system, enabled for multi-user.target,
-    /etc/bootagent/bootagent.yaml and templates."""
+    /etc/bootagent/bootagent.yaml (with the parse cache `bootagent clean` leaves at
+    capture) and templates."""
     copy_disk(base.disk, dest)
     w = Ext4Writer(dest)
     pkg = repo / "bootagent"
@@ -517,6 +536,7 @@ def install_bootagent(base: BaseImage, dest: Path, *, config: str | None = None,
         w.symlink(f"/etc/systemd/system/multi-user.target.wants/{unit}", f"/etc/systemd/system/{unit}")
     if config is not None:
         w.write("/etc/bootagent/bootagent.yaml", config)
+        w.write(CONFIG_CACHE, captured_config_cache(config, repo), mode=0o600)
     for name, text in (templates or {}).items():
         w.write(f"/etc/bootagent/templates/{name}", text)
     for f in extra:
