@@ -438,15 +438,23 @@ def test_metadata_of_a_sub_tree_is_route_filtered(fake_imds, document, root):
 def test_metadata_of_an_unknown_path_is_one_clear_line(fake_imds, root):
     done = run_cli("metadata", "compute/noSuchThing", "--root", str(root), "--imds-url", fake_imds.url,
                    "--timeout", "10")
-    assert done.returncode != 0
+    assert done.returncode == 1  # IMDS answered: not 3, which says IMDS could not be had
     line = assert_one_line(done.stderr)
     assert "404" in line and "compute/noSuchThing" in line and "check the path" in line
     assert done.stdout == ""
     assert fake_imds.count() == 1  # a 404 is final, not retried
 
 
+def test_metadata_without_an_imds_is_exit_3_at_the_deadline(root):
+    done = run_cli("metadata", "compute/vmId", "--root", str(root), "--imds-url", closed_port_url(),
+                   "--timeout", "1")
+    assert done.returncode == 3
+    line = assert_one_line(done.stderr)
+    assert "refused" in line and "bootagent doctor" in line
+
+
 def test_metadata_of_a_leaf_as_json_says_to_ask_for_text(fake_imds, root):
     done = run_cli("metadata", "compute/vmId", "--root", str(root), "--imds-url", fake_imds.url)
-    assert done.returncode != 0
+    assert done.returncode == 1
     line = assert_one_line(done.stderr)
     assert "format=text" in line and "--format text" in line

@@ -55,11 +55,12 @@ class ImdsClient:
             return answer.body
 
         target = "instance/" + path.strip("/") if path.strip("/") else "instance"
+        # IMDS answered, and refused this path: exit 1, not 3 (IMDS could not be had)
         return self._with_version_fallback(lambda: self.url(target, format=fmt), accept, deadline,
-                                           f"fetching {target}", PATH_HINT)
+                                           f"fetching {target}", PATH_HINT, refused_exit=1)
 
     def _with_version_fallback(self, make_url, accept, deadline: float, what: str,
-                               hint: str = "check imds.api_version and the URL"):
+                               hint: str = "check imds.api_version and the URL", refused_exit: int = 3):
         for attempt in range(2):
             url = make_url()
             try:
@@ -72,7 +73,7 @@ class ImdsClient:
                     continue
                 if err.status is None:
                     raise ImdsUnavailable(f"{err}; check the network with `bootagent doctor`") from None
-                raise ImdsUnavailable(f"{err}; {hint}") from None
+                raise ImdsUnavailable(f"{err}; {hint}", exit_code=refused_exit) from None
         raise AssertionError("unreachable")
 
 
