@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import time
-from bootagent.record import Factory, Record
-from collections.abc import Callable, Mapping  # not typing: ~2 ms of import per process
+from collections.abc import Callable, Mapping  # not typing: 2 ms of import in every process
 
 from bootagent.errors import UnsafePath
+from bootagent.record import Factory, Record
 
 
 class Context(Record):
