@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -266,6 +267,49 @@ def test_missing_ssh_keygen_fails_with_one_line(root, make_ctx, tmp_path):
     result = host_keys.run(make_ctx(env={"PATH": str(empty)}), "vm")
     assert result.status == "failed" and "ssh-keygen" in result.error and "\n" not in result.error
     assert not (root / ED25519.lstrip("/")).exists()
+
+
+ECDSA = "/etc/ssh/ssh_host_ecdsa_key"
+
+
+def refusing_keygen(tmp_path: Path, kind: str) -> dict:
+    """An ssh-keygen that cannot make one key type (as a FIPS-restricted build refuses
+    Ed25519), and is the real one for everything else: the env to run under."""
+    bin_dir = tmp_path / f"no-{kind}-bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "ssh-keygen"
+    wrapper.write_text(f"""#!/bin/sh
+for arg in "$@"; do [ "$arg" = {kind} ] && {{ echo "unknown key type {kind}" >&2; exit 255; }}; done
+exec {shutil.which("ssh-keygen")} "$@"
+""")
+    wrapper.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ.get('PATH', os.defpath)}"}
+
+
+def test_an_image_key_ssh_keygen_cannot_replace_is_removed_and_the_others_change_once(root, make_ctx, tmp_path):
+    sshd_config(root, f"HostKey {ED25519}\nHostKey {ECDSA}\n")
+    set_dmi(root, UUID)
+    assert host_keys.run(make_ctx(), None).status == "changed"  # the image's keys
+    image_ed25519 = key_bytes(root, ED25519)
+    no_ecdsa = refusing_keygen(tmp_path, "ecdsa")
+
+    set_dmi(root, OTHER_UUID)  # a VM made from the image
+    first = host_keys.run(make_ctx(env=no_ecdsa), None)
+
+    assert first.status == "failed" and ECDSA in first.error and "unknown key type" in first.error
+    assert not (root / ECDSA.lstrip("/")).exists() and not (root / f"{ECDSA.lstrip('/')}.pub").exists()
+    assert ECDSA in first.changed and f"{ECDSA}.pub" in first.changed
+    own_ed25519 = key_bytes(root, ED25519)
+    assert own_ed25519 != image_ed25519 and pair_is_valid(root / ED25519.lstrip("/"))
+    assert state.host_keys_instance(make_ctx()) == f"dmi:{OTHER_UUID}"
+
+    # the next boots of this VM: its keys stay; the missing one is asked for until it is made
+    again = host_keys.run(make_ctx(env=no_ecdsa), None)
+    assert again.status == "failed" and ECDSA in again.error
+    assert key_bytes(root, ED25519) == own_ed25519
+    fixed = host_keys.run(make_ctx(), None)
+    assert fixed.status == "changed" and fixed.changed == [ECDSA, f"{ECDSA}.pub"]
+    assert pair_is_valid(root / ECDSA.lstrip("/")) and key_bytes(root, ED25519) == own_ed25519
 
 
 def test_skipped_when_off_or_without_sshd_config(root, make_ctx):

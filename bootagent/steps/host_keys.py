@@ -6,6 +6,9 @@ never later, so the instance here needs no document: the DMI system UUID, else t
 vmId, each compared only with its own kind (Gen1 VMs byte-swap one against the other).
 The stored record says which kind it is (`dmi:<uuid>` or `vmid:<id>`), and it is written
 only once every key is in place, so a run killed half-way regenerates on the next boot.
+A key ssh-keygen could not make is no reason to replace the others again: an image key
+it could not replace is removed instead (no VM may keep using it), the instance is
+recorded, and the key is made at a later boot as a missing one.
 
 ssh-keygen writes into a private temporary directory under the root's /run/bootagent
 (never outside the root; one a killed run left is removed by the writer's sweep of
@@ -194,10 +197,11 @@ def _run(ctx: Context, vm_id: str | None, remount_wait: float) -> StepResult:
             for path in _outputs(logical, action):
                 ctx.changes.append((path, f"would {_WORDS[action]} SSH host key file {path}"))
         return _result([p for logical, action in plan for p in _outputs(logical, action)], refused, {})
-    changed, fingerprints, failures = _make(ctx, plan, remount_wait)
-    # Recorded only once every key it made is in place: a killed or failed run makes them
-    # again next boot. Refused files were never touched; they are named again each boot.
-    if not failures and record is not None and record != stored:
+    changed, fingerprints, failures, settled = _make(ctx, plan, remount_wait)
+    # Recorded once every key is in place or, where ssh-keygen failed, gone: a killed run,
+    # or one that could not install a key, replaces them all next boot. Refused files were
+    # never touched; they are named again each boot.
+    if settled and record is not None and record != stored:
         try:
             if remount_wait:
                 writer.wait_writable(ctx, state.HOST_KEYS_FILE, remount_wait)
@@ -233,8 +237,11 @@ def _plan(ctx: Context, keys: list[str], replace: bool) -> tuple[list[tuple[str,
     return plan, refused
 
 
-def _make(ctx: Context, plan: list[tuple[str, str]], remount_wait: float) -> tuple[list[str], dict, list[str]]:
+def _make(ctx: Context, plan: list[tuple[str, str]],
+          remount_wait: float) -> tuple[list[str], dict, list[str], bool]:
     """Generate every key of the plan at once, then install each through the writer.
+    Returns (changed, fingerprints, failures, settled): settled when every key is
+    installed or, where ssh-keygen failed, absent (made next boot as a missing key).
 
     The .pub goes first: after a kill between the two, a new key's private half is
     missing (made again next boot), or a replaced key's pair is mixed (the instance is
@@ -242,18 +249,24 @@ def _make(ctx: Context, plan: list[tuple[str, str]], remount_wait: float) -> tup
     changed: list[str] = []
     fingerprints: dict[str, str] = {}
     if not plan:
-        return changed, fingerprints, []
+        return changed, fingerprints, [], True
     try:
         made, failures = _keygen(ctx, plan)
+    except StepError as err:
+        made, failures = {}, [str(err)]
+    try:
         # the writer's own error names a read-only file system when there is no wait
         if remount_wait and writer.read_only(ctx, SSH_DIR):
             log(ctx, "info", f"{len(made)} SSH host keys made; waiting for {SSH_DIR} "
                 "to be mounted read-write", STEP)
             writer.wait_writable(ctx, SSH_DIR, remount_wait)
     except StepError as err:
-        return changed, fingerprints, [str(err)]
+        return changed, fingerprints, failures + [str(err)], False
+    settled = True
     for logical, action in plan:
         if logical not in made:
+            if action == "replace":
+                settled &= _remove_unreplaced(ctx, logical, changed, failures)
             continue
         private, public = made[logical]
         try:
@@ -262,6 +275,7 @@ def _make(ctx: Context, plan: list[tuple[str, str]], remount_wait: float) -> tup
                 ctx, logical, private, mode=0o600, owner=(0, 0), secret=True)
         except BootagentError as err:
             failures.append(str(err))
+            settled = False
             continue
         changed += [logical] * private_changed + [f"{logical}.pub"] * public_changed
         shown = fingerprint(public)
@@ -270,7 +284,23 @@ def _make(ctx: Context, plan: list[tuple[str, str]], remount_wait: float) -> tup
         else:
             fingerprints[logical] = shown
             log(ctx, "info", f"new SSH host key {logical}: {shown} ({key_type(logical).upper()})", STEP)
-    return changed, fingerprints, failures
+    return changed, fingerprints, failures, settled
+
+
+def _remove_unreplaced(ctx: Context, logical: str, changed: list[str], failures: list[str]) -> bool:
+    """The image's key that ssh-keygen could not replace: every VM of the image has it, so
+    it goes (sshd carries on with the others) and is made at a later boot as a missing
+    key. True once it is gone."""
+    try:
+        for path in (logical, f"{logical}.pub"):
+            if writer.remove_file(ctx, path):
+                changed.append(path)
+    except BootagentError as err:
+        failures.append(str(err))
+        return False
+    log(ctx, "warning", f"removed {logical}: ssh-keygen could not replace the image's key, which "
+        "every VM made from the image shares; it is made again at the next boot", STEP)
+    return True
 
 
 def _keygen(ctx: Context, plan: list[tuple[str, str]]) -> tuple[dict, list[str]]:
