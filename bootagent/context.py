@@ -28,8 +28,10 @@ class Context(Record):
     deadline: float = float("inf")
     # dry-run: (path, description) of every change the writer would make
     changes: list = Factory(list)
-    # the writer's bookkeeping: directories already swept of stale temp files, write points
+    # the writer's bookkeeping: directories already swept of stale temp files, the temp
+    # names this process has in use (never swept), write points
     swept_dirs: set = Factory(set)
+    live_temps: set = Factory(set)
     write_points: int = 0
 
     def __post_init__(self):

@@ -31,6 +31,36 @@ def _temp_name(name: str) -> str:
     return f".{name}{TEMP_SUFFIX}{os.urandom(4).hex()}"
 
 
+@contextmanager
+def _own_temp(ctx: Context, name: str):
+    """A temp name beside `name`, which this process's sweeps leave alone while it is in
+    use: the host keys are made in a thread beside the run, and either may sweep a
+    directory the other is writing in."""
+    temp = _temp_name(name)
+    ctx.live_temps.add(temp)
+    try:
+        yield temp
+    finally:
+        ctx.live_temps.discard(temp)
+
+
+@contextmanager
+def work_dir(ctx: Context, logical: str, label: str):
+    """A private (0700) working directory for a tool's output (ssh-keygen's keys), inside
+    `logical` under the root, with a temp name: removed after the block, and by the
+    sweep of the next run when this one is killed. Yields its path on the host."""
+    make_dirs(ctx, logical)
+    with _own_temp(ctx, label) as temp:
+        path = os.path.join(ctx.path(logical), temp)
+        os.mkdir(path, 0o700)
+        try:
+            yield path
+        finally:
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _refuse(logical: str, where: str, err: OSError) -> Exception:
     if err.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
         return UnsafePath(f"refusing {logical}: {where} is a symlink or not a directory; "
@@ -67,24 +97,24 @@ def _make_dir(ctx: Context, parent_fd: int, name: str, mode: int, owner: tuple[i
     mode and owner, then renamed, so it never appears with the wrong owner (a ~/.ssh of
     root's after a kill). Returns its fd."""
     _sweep_stale_temps(ctx, parent_fd)
-    temp = _temp_name(name)
-    ctx.checkpoint()
-    os.mkdir(temp, 0o700, dir_fd=parent_fd)
-    fd = -1
-    try:
-        fd = os.open(temp, _DIR_FLAGS, dir_fd=parent_fd)
-        os.fchown(fd, *owner)
-        os.fchmod(fd, mode)
+    with _own_temp(ctx, name) as temp:
         ctx.checkpoint()
-        os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
+        os.mkdir(temp, 0o700, dir_fd=parent_fd)
+        fd = -1
         try:
-            os.rmdir(temp, dir_fd=parent_fd)
-        except OSError:
-            pass
-        raise
+            fd = os.open(temp, _DIR_FLAGS, dir_fd=parent_fd)
+            os.fchown(fd, *owner)
+            os.fchmod(fd, mode)
+            ctx.checkpoint()
+            os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            try:
+                os.rmdir(temp, dir_fd=parent_fd)
+            except OSError:
+                pass
+            raise
     ctx.checkpoint()
     os.fsync(parent_fd)
     return fd
@@ -139,7 +169,7 @@ def _sweep_stale_temps(ctx: Context, dir_fd: int) -> None:
     if ctx.dry_run:
         return
     for name in os.listdir(dir_fd):
-        if _TEMP_NAME.match(name):
+        if _TEMP_NAME.match(name) and name not in ctx.live_temps:
             try:
                 os.unlink(name, dir_fd=dir_fd)
             except IsADirectoryError:  # a directory a killed run was making (_make_dir), or
@@ -266,29 +296,29 @@ def _set_meta_in_place(ctx: Context, dir_fd: int, name: str, mode: int, owner: t
 
 
 def _replace(ctx: Context, dir_fd: int, name: str, data: bytes, mode: int, owner: tuple[int, int]) -> None:
-    temp = _temp_name(name)
-    ctx.checkpoint()
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                 dir_fd=dir_fd)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fchown(fd, *owner)
-            os.fchmod(fd, mode)
-            ctx.checkpoint()
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    with _own_temp(ctx, name) as temp:
         ctx.checkpoint()
-        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=dir_fd)
         try:
-            os.unlink(temp, dir_fd=dir_fd)
-        except OSError:
-            pass
-        raise
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fchown(fd, *owner)
+                os.fchmod(fd, mode)
+                ctx.checkpoint()
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            ctx.checkpoint()
+            os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            try:
+                os.unlink(temp, dir_fd=dir_fd)
+            except OSError:
+                pass
+            raise
     ctx.checkpoint()
     os.fsync(dir_fd)
 

@@ -381,3 +381,24 @@ def test_dry_run_refuses_a_symlink_as_the_real_run_does(make_ctx, root, outside)
 
     assert ctx.changes == []
     assert tree_digest(root.parent) == before
+
+
+def test_a_sweep_removes_a_killed_runs_temp_files_but_not_those_this_process_is_using(make_ctx, root):
+    """The host keys are made in a thread beside the run: the first write into a directory
+    sweeps it of the temp files a killed run left, never of one the other thread is using."""
+    ctx = make_ctx()
+    run_dir = root / "run/bootagent"
+    run_dir.mkdir(parents=True)
+    stale_file = run_dir / ".result.json.bootagent-tmp.0a1b2c3d"
+    stale_file.write_text("left by a killed run")
+    stale_dir = run_dir / ".host-keys.bootagent-tmp.9f8e7d6c"
+    stale_dir.mkdir()
+    (stale_dir / "key0").write_text("a killed run's private key")
+
+    with writer.work_dir(ctx, "/run/bootagent", "host-keys") as work:
+        (Path(work) / "key0").write_text("a private key ssh-keygen is writing")
+        assert writer.write_file(ctx, "/run/bootagent/result.json", b"{}")  # the first write there
+        assert (Path(work) / "key0").read_text() == "a private key ssh-keygen is writing"
+        assert not stale_file.exists() and not stale_dir.exists()
+    assert not Path(work).exists()
+    assert sorted(p.name for p in run_dir.iterdir()) == ["result.json"]

@@ -309,55 +309,65 @@ def _keygen(ctx: Context, plan: list[tuple[str, str]]) -> tuple[dict, list[str]]
     Every ssh-keygen is started before any is waited for: RSA alone takes most of the time."""
     import os
     import shutil
-    import subprocess
-    import tempfile
-    import time
 
     program = shutil.which("ssh-keygen", path=ctx.env.get("PATH") or os.defpath)
     if program is None:
         raise StepError("cannot make SSH host keys: ssh-keygen is not installed (or not on PATH); "
                         "install openssh-client, or set ssh.host_keys: off")
-    # Inside the root, under a hidden temp name (the writer's pattern): a run killed here
+    # Inside the root, under a hidden temp name (the writer's work_dir): a run killed here
     # leaves no private key outside the root, and the next run's sweep removes the directory.
-    writer.make_dirs(ctx, WORK_DIR)
-    workdir = tempfile.mkdtemp(prefix=f".host-keys{writer.TEMP_SUFFIX}", dir=ctx.path(WORK_DIR))
-    started, made, failures = [], {}, []
-    try:
-        for number, (logical, action) in enumerate(plan):
-            target = os.path.join(workdir, f"key{number}")
-            if action == "derive":  # the private key goes through a pipe, never into another file
-                secret = writer.read_file(ctx, logical, limit=1 << 20) or b""
-                argv = [program, "-y", "-P", "", "-f", "/dev/stdin"]
-            else:
-                secret = None
-                argv = [program, "-q", "-t", key_type(logical), "-N", "", "-C", "", "-f", target]
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL if secret is None else subprocess.PIPE,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            started.append((logical, target, process, secret))
-        deadline = time.monotonic() + KEYGEN_TIMEOUT
-        for logical, target, process, secret in started:
-            try:
-                out, err = process.communicate(secret, timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                failures.append(f"cannot make SSH host key {logical}: ssh-keygen took more than "
-                                f"{KEYGEN_TIMEOUT:.0f} s; check the machine's load")
-                continue
-            if process.returncode != 0:
-                why = err.decode("utf-8", "replace").strip().splitlines() or [f"exit {process.returncode}"]
-                failures.append(f"cannot make SSH host key {logical}: ssh-keygen failed ({why[-1]}); "
-                                "check that this ssh-keygen makes that key type")
-            elif secret is not None:
-                made[logical] = (None, out.strip() + b"\n")
-            else:
-                with open(f"{target}.pub", "rb") as pub, open(target, "rb") as private:
-                    made[logical] = (private.read(), pub.read().strip() + b"\n")
-        return made, failures
-    finally:
-        for _, _, process, _ in started:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with writer.work_dir(ctx, WORK_DIR, "host-keys") as workdir:
+        started = []
+        try:
+            for number, (logical, action) in enumerate(plan):
+                started.append(_start(ctx, program, logical, action, os.path.join(workdir, f"key{number}")))
+            return _collect(started)
+        finally:
+            for _, _, process, _ in started:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+
+
+def _start(ctx: Context, program: str, logical: str, action: str, target: str):
+    """One ssh-keygen, started: (key, target file, process, private key bytes for a derive)."""
+    import subprocess
+
+    if action == "derive":  # the private key goes through a pipe, never into another file
+        secret = writer.read_file(ctx, logical, limit=1 << 20) or b""
+        argv = [program, "-y", "-P", "", "-f", "/dev/stdin"]
+    else:
+        secret = None
+        argv = [program, "-q", "-t", key_type(logical), "-N", "", "-C", "", "-f", target]
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL if secret is None else subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return logical, target, process, secret
+
+
+def _collect(started: list) -> tuple[dict, list[str]]:
+    """Wait for every started ssh-keygen (all within KEYGEN_TIMEOUT) and read what each made."""
+    import subprocess
+    import time
+
+    made, failures = {}, []
+    deadline = time.monotonic() + KEYGEN_TIMEOUT
+    for logical, target, process, secret in started:
+        try:
+            out, err = process.communicate(secret, timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            failures.append(f"cannot make SSH host key {logical}: ssh-keygen took more than "
+                            f"{KEYGEN_TIMEOUT:.0f} s; check the machine's load")
+            continue
+        if process.returncode != 0:
+            why = err.decode("utf-8", "replace").strip().splitlines() or [f"exit {process.returncode}"]
+            failures.append(f"cannot make SSH host key {logical}: ssh-keygen failed ({why[-1]}); "
+                            "check that this ssh-keygen makes that key type")
+        elif secret is not None:
+            made[logical] = (None, out.strip() + b"\n")
+        else:
+            with open(f"{target}.pub", "rb") as pub, open(target, "rb") as private:
+                made[logical] = (private.read(), pub.read().strip() + b"\n")
+    return made, failures
 
 
 def _result(changed: list[str], errors: list[str], fingerprints: dict) -> StepResult:
