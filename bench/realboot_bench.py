@@ -60,11 +60,13 @@ USERDATA = "#cloud-config\ngreeting: hello from userData\n"
 CONFIG = "templates:\n  - src: motd.j2\n    dest: /etc/motd\n"
 TEMPLATES = {"motd.j2": "Welcome to {{ hostname }} ({{ tags['env'] }})\n"}
 VARIANTS = ("bootagent", "cloud-init", "floor")
-# Each agent's units: systemd's CPU accounting of them (their children, ssh-keygen and
-# useradd, included) says how much of the guest's two emulated CPUs the agent took.
+# Each image's agent units (another tree's image: bootagent's): systemd's CPU accounting
+# of them (their children, ssh-keygen and useradd, included) says how much of the
+# guest's two emulated CPUs the agent took.
 AGENT_UNITS = {"bootagent": ("bootagent-host-keys.service", "bootagent.service"),
                "cloud-init": ("cloud-init-local.service", "cloud-init.service",
-                              "cloud-config.service", "cloud-final.service")}
+                              "cloud-config.service", "cloud-final.service"),
+               "floor": ()}
 USER_HZ = 100  # /proc/stat's unit
 SSH_DEADLINE = 600  # a guard, not a measurement
 BUDGET = 0.5
@@ -183,8 +185,7 @@ class Bench:
             lines = out.split("\n")
             rec["hostname"] = lines[0].strip() if rc == 0 else None
             rec["host_key_ed25519"] = lines[1].split()[1] if rc == 0 and len(lines) > 1 else None
-            rec.update(guest_cpu(vm, self.key, AGENT_UNITS.get(variant, () if variant == "floor"
-                                                                 else AGENT_UNITS["bootagent"])))
+            rec.update(guest_cpu(vm, self.key, AGENT_UNITS.get(variant, AGENT_UNITS["bootagent"])))
             rec["imds_instance_gets"] = len(imds.instance_gets())
             rec["health_reports"] = [{"status": h.get("status"), "state": (h.get("health") or {}).get("state"),
                                       "agent": h["headers"].get("x-ms-agent-name")}
