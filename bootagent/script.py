@@ -8,6 +8,7 @@ At the time limit the whole group gets SIGTERM, then SIGKILL KILL_GRACE seconds 
 Once the script itself has exited, its output is read for `grace` seconds more at most:
 a daemon it started may keep the pipe open (and keeps running), but cannot hold the boot.
 The script's exit is seen at once through a pidfd where the kernel has them.
+It runs at the ordinary CPU priority, not the agent unit's raised one (`_ordinary_priority`).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def execute(path: str, timeout: float, *, env: dict | None = None, cwd: str = "/
             grace: float = OUTPUT_GRACE, limit: int = MAX_OUTPUT) -> ScriptRun:
     """Run the executable at `path`; never raises for the script's sake (a start failure
     is `start_error`)."""
+    _ordinary_priority()
     read_fd, write_fd = os.pipe()
     try:
         proc = subprocess.Popen([path], stdin=subprocess.DEVNULL, stdout=write_fd, stderr=write_fd,
@@ -92,6 +94,15 @@ def execute(path: str, timeout: float, *, env: dict | None = None, cwd: str = "/
             os.close(exit_fd)
     ran.exit_status, ran.output, ran.dropped = proc.returncode, output.value(), output.dropped
     return ran
+
+
+def _ordinary_priority() -> None:
+    """The unit runs the agent at Nice=-10 because it stands between the network and sshd;
+    the script is the instance's own work, last in the run, so it (and the rest of the run)
+    goes back to nice 0. Raising one's own nice value is always allowed; an admin's
+    positive one is kept. (Linux keeps it per thread: this is the thread that forks.)"""
+    if os.getpriority(os.PRIO_PROCESS, 0) < 0:
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
 
 
 def _watch(proc: subprocess.Popen, read_fd: int, exit_fd: int | None, output: BoundedOutput,

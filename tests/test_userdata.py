@@ -7,6 +7,8 @@ import gzip
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -238,6 +240,17 @@ def test_a_hanging_script_and_its_children_are_killed_at_the_limit(tmp_path):
     assert ran.killed_after == 1 and ran.exit_status == -signal.SIGTERM
     time.sleep(0.2)
     assert not group_alive(ran.pgid)
+
+
+@pytest.mark.parametrize("agent_nice, script_nice", [(-10, 0), (5, 5)])
+def test_a_script_runs_at_the_ordinary_priority_not_the_units_raised_one(tmp_path, agent_nice, script_nice):
+    # the unit starts the agent at Nice=-10; an admin's drop-in may make it nicer
+    path = script(tmp_path, "#!/bin/sh\nnice\n")
+    runner = (f"import os; os.setpriority(os.PRIO_PROCESS, 0, {agent_nice}); "
+              f"from bootagent import script; print(script.execute({path!r}, 10).output.decode(), end='')")
+    done = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{script_nice}\n"
 
 
 def test_a_script_that_ignores_sigterm_gets_sigkill(tmp_path):
