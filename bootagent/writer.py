@@ -4,7 +4,9 @@ Promises (SPEC "Every file the agent writes"): paths stay inside the root and ne
 pass through a symlink; a file is replaced atomically (hidden temp file in the same
 directory, fsync, rename, fsync of the directory) with its mode and owner set before
 the rename, and only when its bytes differ; temp files a killed run left behind are
-removed the first time a run touches their directory; in dry-run nothing changes and
+removed the first time a run touches their directory, never those of a process that is
+still running (each temp name carries its writer's PID: the early host-keys unit and
+the run write beside each other in /run/bootagent); in dry-run nothing changes and
 each would-be change is recorded in `ctx.changes`. The one exception to the rename
 rule is `append_record`, for files other writers share (the Hyper-V KVP pool).
 """
@@ -21,14 +23,15 @@ from bootagent.context import Context, split_logical
 from bootagent.errors import StepError, UnsafePath
 
 TEMP_SUFFIX = ".bootagent-tmp."
-_TEMP_NAME = re.compile(r"^\..+\.bootagent-tmp\.[A-Za-z0-9_-]{6,}$")
+_TEMP_NAME = re.compile(r"^\..+\.bootagent-tmp\.(?:(\d+)-)?[A-Za-z0-9_-]{6,}$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _temp_name(name: str) -> str:
-    """A hidden temp name beside `name` (8 random hex digits: os.urandom, as secrets.token_hex
-    uses, without importing secrets and hmac on every boot)."""
-    return f".{name}{TEMP_SUFFIX}{os.urandom(4).hex()}"
+    """A hidden temp name beside `name`: this process's PID (so another process's sweep
+    knows the temp is in use while it lives) and 8 random hex digits (os.urandom, as
+    secrets.token_hex uses, without importing secrets and hmac on every boot)."""
+    return f".{name}{TEMP_SUFFIX}{os.getpid()}-{os.urandom(4).hex()}"
 
 
 @contextmanager
@@ -95,29 +98,57 @@ def _directory(ctx: Context, parts: list[str], logical: str, create: bool = Fals
 def _make_dir(ctx: Context, parent_fd: int, name: str, mode: int, owner: tuple[int, int]) -> int:
     """Create directory `name` atomically: made under a hidden temporary name, given its
     mode and owner, then renamed, so it never appears with the wrong owner (a ~/.ssh of
-    root's after a kill). Returns its fd."""
-    _sweep_stale_temps(ctx, parent_fd)
-    with _own_temp(ctx, name) as temp:
-        ctx.checkpoint()
-        os.mkdir(temp, 0o700, dir_fd=parent_fd)
-        fd = -1
+    root's after a kill). Returns its fd.
+
+    Makers of one parent's directories take turns (an flock on the parent) and look again
+    once it is their turn: the early unit and the run may both make /run/bootagent, and
+    a rename onto an empty directory would replace the other's unseen."""
+    with _turn(parent_fd):
         try:
-            fd = os.open(temp, _DIR_FLAGS, dir_fd=parent_fd)
-            os.fchown(fd, *owner)
-            os.fchmod(fd, mode)
+            return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)  # made while we waited
+        except FileNotFoundError:
+            pass
+        _sweep_stale_temps(ctx, parent_fd)
+        with _own_temp(ctx, name) as temp:
             ctx.checkpoint()
-            os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
+            os.mkdir(temp, 0o700, dir_fd=parent_fd)
+            fd = -1
             try:
-                os.rmdir(temp, dir_fd=parent_fd)
-            except OSError:
-                pass
-            raise
-    ctx.checkpoint()
-    os.fsync(parent_fd)
-    return fd
+                fd = os.open(temp, _DIR_FLAGS, dir_fd=parent_fd)
+                os.fchown(fd, *owner)
+                os.fchmod(fd, mode)
+                ctx.checkpoint()
+                os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            except BaseException as err:
+                if fd >= 0:
+                    os.close(fd)
+                try:
+                    os.rmdir(temp, dir_fd=parent_fd)
+                except OSError:
+                    pass
+                if isinstance(err, OSError) and err.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)  # made by someone else
+                raise
+        ctx.checkpoint()
+        os.fsync(parent_fd)
+        return fd
+
+
+@contextmanager
+def _turn(dir_fd: int):
+    """An exclusive flock on a directory for the block; where the file system has no flock,
+    the block runs without one."""
+    import fcntl
+
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX)
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        fcntl.flock(dir_fd, fcntl.LOCK_UN)
 
 
 def _read_at(dir_fd: int, name: str, logical: str, limit: int | None) -> tuple[bytes, os.stat_result] | None:
@@ -169,7 +200,7 @@ def _sweep_stale_temps(ctx: Context, dir_fd: int) -> None:
     if ctx.dry_run:
         return
     for name in os.listdir(dir_fd):
-        if _TEMP_NAME.match(name) and name not in ctx.live_temps:
+        if _stale_temp(ctx, name):
             try:
                 os.unlink(name, dir_fd=dir_fd)
             except IsADirectoryError:  # a directory a killed run was making (_make_dir), or
@@ -178,6 +209,26 @@ def _sweep_stale_temps(ctx: Context, dir_fd: int) -> None:
                 shutil.rmtree(name, dir_fd=dir_fd, ignore_errors=True)  # fd-based: no link followed
             except OSError:
                 pass
+
+
+def _stale_temp(ctx: Context, name: str) -> bool:
+    """A temp file or directory whose writer is gone (killed mid-write). Not one this process
+    has in use, nor one whose writer, by the PID in its name, still runs: the early unit
+    makes host keys in /run/bootagent and installs them while the run writes beside it.
+    (A temp of a previous boot whose PID is now another process's waits for a later run.)"""
+    match = _TEMP_NAME.match(name)
+    if match is None or name in ctx.live_temps:
+        return False
+    pid = int(match.group(1) or 0)
+    if pid <= 0 or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, as another user's process
+        return False
+    return False
 
 
 def make_dirs(ctx: Context, logical: str, mode: int = 0o755, owner: tuple[int, int] = (0, 0)) -> bool:

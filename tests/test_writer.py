@@ -402,3 +402,67 @@ def test_a_sweep_removes_a_killed_runs_temp_files_but_not_those_this_process_is_
         assert not stale_file.exists() and not stale_dir.exists()
     assert not Path(work).exists()
     assert sorted(p.name for p in run_dir.iterdir()) == ["result.json"]
+
+
+# -- two processes in one directory (the early host-keys unit beside the run) ------------------
+
+WORKER = """
+import sys
+from bootagent import writer
+from bootagent.context import Context
+root, action = sys.argv[1], sys.argv[2]
+
+class Pausing(Context):
+    def checkpoint(self):  # the first write point: inside the directory's making
+        super().checkpoint()
+        if action == "pause" and self.write_points == 1:
+            print("paused", flush=True)
+            sys.stdin.readline()
+
+ctx = Pausing(root=root)
+if action == "work":
+    with writer.work_dir(ctx, "/run/bootagent", "host-keys") as work:
+        open(work + "/key0", "w").write("a private key ssh-keygen is writing")
+        print(work, flush=True)
+        sys.stdin.readline()
+else:
+    writer.write_file(ctx, "/run/bootagent/" + sys.argv[3], b"mine\\n")
+"""
+
+
+def worker(root: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WORKER, str(root), *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_sweep_leaves_another_live_processes_temps_and_removes_a_dead_ones(make_ctx, root):
+    early = worker(root, "work")                      # the early unit, making keys
+    work = Path(early.stdout.readline().strip())
+    gone = subprocess.Popen(["true"])                 # a writer since killed: its PID is free
+    gone.wait()
+    dead_temp = root / f"run/bootagent/.result.json.bootagent-tmp.{gone.pid}-0a1b2c3d"
+    dead_temp.write_text("left by a killed writer")
+    try:
+        assert writer.write_file(make_ctx(), "/run/bootagent/result.json", b"{}")  # the run sweeps
+        assert (work / "key0").read_text() == "a private key ssh-keygen is writing"
+        assert not dead_temp.exists()
+    finally:
+        out, err = early.communicate("\n", timeout=30)
+    assert early.returncode == 0, err
+    assert not work.exists()                          # and the early unit cleans up after itself
+
+
+def test_two_processes_making_one_directory_take_turns_and_both_files_land_in_it(root):
+    first = worker(root, "pause", "a")                # pauses inside the making of /run/bootagent
+    assert first.stdout.readline() == "paused\n"
+    second = worker(root, "write", "b")
+    time.sleep(0.5)
+    assert second.poll() is None                      # waiting for its turn
+    first.stdin.write("\n")
+    first.stdin.flush()
+    for proc in (first, second):
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+    run_dir = root / "run/bootagent"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["a", "b"]
+    assert (run_dir / "a").read_text() == (run_dir / "b").read_text() == "mine\n"
