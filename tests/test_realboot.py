@@ -5,7 +5,8 @@ asset tag; the vmId as DMI system UUID), logged into over SSH with the key the
 fake served.
 
 Three boots of one VM disk: the first provisions; the same vmId again changes
-nothing; a new vmId provisions again with new host keys. Timings go to stdout
+nothing; a new vmId provisions again with new host keys. A fourth, of its own disk,
+starts the early host-keys unit together with the run. Timings go to stdout
 and to $BOOTAGENT_VM_REPORT (default build/realboot.json). See tests/vm/README.md.
 
 Run: .venv/bin/pytest -m realboot -s
@@ -111,11 +112,12 @@ class Bench:
         compute["userData"] = base64.b64encode(USERDATA.encode()).decode()
         return doc
 
-    def boot(self, label: str, vm_id: str, computer_name: str):
-        """Power the VM on against a fake serving its document; wait for the
-        admin's SSH login. Returns (vm, fake) running; the caller powers off."""
+    def boot(self, label: str, vm_id: str, computer_name: str, disk: Path | None = None):
+        """Power the VM on (the three boots' disk unless `disk`) against a fake serving its
+        document; wait for the admin's SSH login. Returns (vm, fake) running; the caller
+        powers off."""
         fake = vmfake.FakeImds(self.document(vm_id, computer_name), self.workdir, name=label).start()
-        vm = vmqemu.VM(self.disk, self.base.kernel, self.base.initrd, workdir=self.workdir,
+        vm = vmqemu.VM(disk or self.disk, self.base.kernel, self.base.initrd, workdir=self.workdir,
                        vm_uuid=vm_id, fake_port=fake.port, name=label)
         try:
             vm.boot()
@@ -359,4 +361,34 @@ def test_new_vm_id_provisions_again(bench):
         assert len(fake.instance_gets()) == 1
         health = fake.health_posts()
         assert len(health) == 1 and health[0]["health"]["state"] == "Ready", health
+        assert vm.poweroff(ADMIN, bench.key), "the guest did not power off cleanly"
+
+
+LATE_EARLY_UNIT = vmimage.GuestFile(
+    "/etc/systemd/system/bootagent-host-keys.service.d/late.conf",
+    b"[Service]\n# started about when the run starts, as behind a slow /var mount\n"
+    b"ExecStartPre=/bin/sleep 4\n")
+
+
+def test_the_early_unit_starting_with_the_run_still_gives_one_set_of_keys(bench):
+    """Both make /run/bootagent and write in it, each sweeps it: neither may take the
+    other's work away. Whichever gets the keys' lock first makes the keys."""
+    disk = vmimage.overlay(vmimage.install_bootagent(bench.base, bench.workdir / "late.raw", config=CONFIG,
+                                                     templates=TEMPLATES, extra=[LATE_EARLY_UNIT]),
+                           bench.workdir / "late.qcow2")
+    vm, fake = bench.boot("boot4-late-early-unit", str(uuid.uuid4()), "bootvm-4", disk=disk)
+    with vm, fake:
+        bench.record("boot4-late-early-unit", vm, fake)
+        result = _result(bench, vm)
+        assert result["status"] == "ok", result
+        for unit in ("bootagent", "bootagent-host-keys"):
+            props = bench.systemd_props(vm, unit, "ActiveState", "Result", "ExecMainStatus")
+            assert (props["ActiveState"], props["Result"], props["ExecMainStatus"]) == \
+                ("active", "success", "0"), (unit, props)
+        made = sorted([bench.early_host_keys(vm), _statuses(result)["host_keys"]])
+        assert made == ["changed", "unchanged"], result
+        keys = bench.host_key_fingerprints(vm)
+        assert {"RSA", "ECDSA", "ED25519"} <= set(keys), keys
+        assert bench.served_fingerprints(vm) == keys
+        assert ".bootagent-tmp." not in bench.run(vm, "sudo ls -A /run/bootagent /etc/ssh")
         assert vm.poweroff(ADMIN, bench.key), "the guest did not power off cleanly"
