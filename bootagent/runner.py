@@ -5,7 +5,9 @@
          ─> join host keys ─> report ─> userData script ─> state, result.json
 
 The host_keys step holds a lock of its own (the early unit's `bootagent host-keys` may be
-making the keys): only the join waits for it.
+making the keys): only the join waits for it. Its thread imports nothing: what it needs is
+imported before it starts (host_keys.preload), as two threads importing at once can
+deadlock in Python 3.11.
 
 A step never stops the others: its failure is recorded and the run goes on. Nothing
 here exits or prints; the CLI turns the returned code into the process's exit status.
@@ -45,11 +47,14 @@ class HostKeysJob:
         self.thread: threading.Thread | None = None
 
     def start(self, vm_id: str | None) -> None:
+        from bootagent.steps import host_keys
+
+        host_keys.preload()  # the thread must import nothing: see preload
         self.thread = threading.Thread(target=self._run, args=(vm_id,), daemon=True)
         self.thread.start()
 
     def _run(self, vm_id: str | None) -> None:
-        from bootagent.steps import host_keys
+        from bootagent.steps import host_keys  # imported by start() or, without a thread, here
         self.result = _guarded("host_keys", lambda: host_keys.run(self.ctx, vm_id))
 
     def finish(self, vm_id: str | None) -> StepResult:
@@ -76,7 +81,7 @@ def run(ctx: Context, *, metadata_file: str | None = None) -> tuple[int, dict]:
     started = ctx.wall()
     with run_lock(ctx) if not ctx.dry_run else _nothing():
         host_keys_job = HostKeysJob(ctx)
-        if _host_keys_early(ctx):
+        if _host_keys_early(ctx) and not ctx.dry_run:
             host_keys_job.start(None)
         imds_info = {"url": ctx.imds_url if not metadata_file else f"file:{metadata_file}",
                      "api_version": ctx.config["imds"]["api_version"], "requests": 0}

@@ -7,6 +7,7 @@ remounted read-only, then read-write, as systemd-remount-fs does at boot), a rea
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,4 +128,35 @@ def test_a_run_provisions_while_the_host_keys_are_being_made_and_waits_only_to_f
         out, err = run.communicate(timeout=60)
     assert run.returncode == 0, err
     assert result_json(root)["steps"]["host_keys"]["status"] == "changed"
+    assert pair_is_valid(root / ED25519)
+
+
+IMPORTS_IN_THE_KEYS_THREAD = """
+import sys, threading
+from bootagent import config, runner
+from bootagent.context import Context
+from bootagent.log import Log
+
+main = threading.get_ident()
+imported = []
+sys.addaudithook(lambda event, args: imported.append(args[0])
+                 if event == "import" and threading.get_ident() != main else None)
+ctx = Context(root=sys.argv[1], log=Log(quiet=True))
+ctx.config = config.defaults()
+job = runner.HostKeysJob(ctx)
+job.start(None)
+print(job.finish(None).status, sorted(set(imported)))
+"""
+
+
+def test_the_runs_host_keys_thread_imports_nothing(root):
+    """Two threads importing at once can deadlock in Python 3.11's importlib; it hung a real
+    first boot (both threads of the run stuck in importlib, the keys' lock held). So
+    whatever the thread that makes the keys needs is imported before it starts."""
+    two_keys_no_rsa(root)
+    set_dmi(root, UUID)
+    done = subprocess.run([sys.executable, "-c", IMPORTS_IN_THE_KEYS_THREAD, str(root)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "changed []\n"
     assert pair_is_valid(root / ED25519)

@@ -163,6 +163,21 @@ def _present(ctx: Context, logical: str) -> bool:
 
 # ---- the step ---------------------------------------------------------------------
 
+def preload() -> None:
+    """Import, in the calling thread, every module the step imports as it runs. The run
+    makes the keys in a thread while its main thread imports requests and the other
+    steps, and Python 3.11's importlib can deadlock when two threads import at once: in
+    a real boot both threads of the run waited forever inside importlib, the keys'
+    lock held, so the early unit waited too and sshd never started. The step's thread
+    must import nothing (tests/test_host_keys_early.py checks it)."""
+    import fcntl  # noqa: F401  the keys' lock, and the writer's turns
+    import fnmatch  # noqa: F401
+    import shlex  # noqa: F401
+    import shutil  # noqa: F401
+    import subprocess  # noqa: F401
+    import time  # noqa: F401
+
+
 def run(ctx: Context, vm_id: str | None, remount_wait: float = 0.0) -> StepResult:
     """The step, under its own lock (state.host_keys_lock), not the run's.
     `remount_wait`: seconds to wait for a read-only root to turn writable before installing."""
