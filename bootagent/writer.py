@@ -5,8 +5,7 @@ pass through a symlink; a file is replaced atomically (hidden temp file in the s
 directory, fsync, rename, fsync of the directory) with its mode and owner set before
 the rename, and only when its bytes differ; temp files a killed run left behind are
 removed the first time a run touches their directory, never those of a process that is
-still running (each temp name carries its writer's PID: the early host-keys unit and
-the run write beside each other in /run/bootagent); in dry-run nothing changes and
+still running (temps.py); in dry-run nothing changes and
 each would-be change is recorded in `ctx.changes`. The one exception to the rename
 rule is `append_record`, for files other writers share (the Hyper-V KVP pool).
 """
@@ -15,36 +14,14 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 from contextlib import contextmanager
 
+from bootagent import temps
 from bootagent.context import Context, split_logical
 from bootagent.errors import StepError, UnsafePath
 
-TEMP_SUFFIX = ".bootagent-tmp."
-_TEMP_NAME = re.compile(r"^\..+\.bootagent-tmp\.(?:(\d+)-)?[A-Za-z0-9_-]{6,}$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _temp_name(name: str) -> str:
-    """A hidden temp name beside `name`: this process's PID (so another process's sweep
-    knows the temp is in use while it lives) and 8 random hex digits (os.urandom, as
-    secrets.token_hex uses, without importing secrets and hmac on every boot)."""
-    return f".{name}{TEMP_SUFFIX}{os.getpid()}-{os.urandom(4).hex()}"
-
-
-@contextmanager
-def _own_temp(ctx: Context, name: str):
-    """A temp name beside `name`, which this process's sweeps leave alone while it is in
-    use: the host keys are made in a thread beside the run, and either may sweep a
-    directory the other is writing in."""
-    temp = _temp_name(name)
-    ctx.live_temps.add(temp)
-    try:
-        yield temp
-    finally:
-        ctx.live_temps.discard(temp)
 
 
 @contextmanager
@@ -53,7 +30,7 @@ def work_dir(ctx: Context, logical: str, label: str):
     `logical` under the root, with a temp name: removed after the block, and by the
     sweep of the next run when this one is killed. Yields its path on the host."""
     make_dirs(ctx, logical)
-    with _own_temp(ctx, label) as temp:
+    with temps.own(ctx, label) as temp:
         path = os.path.join(ctx.path(logical), temp)
         os.mkdir(path, 0o700)
         try:
@@ -108,8 +85,8 @@ def _make_dir(ctx: Context, parent_fd: int, name: str, mode: int, owner: tuple[i
             return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)  # made while we waited
         except FileNotFoundError:
             pass
-        _sweep_stale_temps(ctx, parent_fd)
-        with _own_temp(ctx, name) as temp:
+        temps.sweep(ctx, parent_fd)
+        with temps.own(ctx, name) as temp:
             ctx.checkpoint()
             os.mkdir(temp, 0o700, dir_fd=parent_fd)
             fd = -1
@@ -189,46 +166,6 @@ def read_file(ctx: Context, logical: str, limit: int | None = None) -> bytes | N
 
 def exists(ctx: Context, logical: str) -> bool:
     return os.path.lexists(ctx.path(logical))
-
-
-def _sweep_stale_temps(ctx: Context, dir_fd: int) -> None:
-    info = os.fstat(dir_fd)
-    key = (info.st_dev, info.st_ino)
-    if key in ctx.swept_dirs:
-        return
-    ctx.swept_dirs.add(key)
-    if ctx.dry_run:
-        return
-    for name in os.listdir(dir_fd):
-        if _stale_temp(ctx, name):
-            try:
-                os.unlink(name, dir_fd=dir_fd)
-            except IsADirectoryError:  # a directory a killed run was making (_make_dir), or
-                import shutil          # ssh-keygen's work directory, keys in it (host_keys)
-
-                shutil.rmtree(name, dir_fd=dir_fd, ignore_errors=True)  # fd-based: no link followed
-            except OSError:
-                pass
-
-
-def _stale_temp(ctx: Context, name: str) -> bool:
-    """A temp file or directory whose writer is gone (killed mid-write). Not one this process
-    has in use, nor one whose writer, by the PID in its name, still runs: the early unit
-    makes host keys in /run/bootagent and installs them while the run writes beside it.
-    (A temp of a previous boot whose PID is now another process's waits for a later run.)"""
-    match = _TEMP_NAME.match(name)
-    if match is None or name in ctx.live_temps:
-        return False
-    pid = int(match.group(1) or 0)
-    if pid <= 0 or pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # it exists, as another user's process
-        return False
-    return False
 
 
 def make_dirs(ctx: Context, logical: str, mode: int = 0o755, owner: tuple[int, int] = (0, 0)) -> bool:
@@ -318,7 +255,7 @@ def write_file(ctx: Context, logical: str, data: bytes, *, mode: int = 0o644,
         return _describe_write(ctx, logical, data, mode, owner, secret)
     try:
         with _directory(ctx, parts[:-1], logical, create=make_parents) as dir_fd:
-            _sweep_stale_temps(ctx, dir_fd)
+            temps.sweep(ctx, dir_fd)
             found = _read_at(dir_fd, name, logical, None)
             if found is not None and found[0] == data:
                 info = found[1]
@@ -347,7 +284,7 @@ def _set_meta_in_place(ctx: Context, dir_fd: int, name: str, mode: int, owner: t
 
 
 def _replace(ctx: Context, dir_fd: int, name: str, data: bytes, mode: int, owner: tuple[int, int]) -> None:
-    with _own_temp(ctx, name) as temp:
+    with temps.own(ctx, name) as temp:
         ctx.checkpoint()
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=dir_fd)
