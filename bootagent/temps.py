@@ -73,6 +73,6 @@ def stale(ctx: Context, entry: str) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except OSError:  # it exists, as another user's process
-        return False
+    except OSError:  # EPERM: it runs, as another user's process
+        pass
     return False
