@@ -21,10 +21,9 @@ def escaped(text: str) -> str:
 
 
 def quoted(value: object, limit: int = 80) -> str:
-    """A value as an error line shows it: repr() for non-strings, '...' quoted strings,
-    control characters escaped, at most `limit` characters."""
-    shown = repr(escaped(value)) if isinstance(value, str) else escaped(repr(value))
-    return shorten(shown, limit)
+    """A value as an error line shows it: its repr (strings in quotes), control characters
+    escaped, at most `limit` characters."""
+    return shorten(escaped(repr(value)), limit)
 
 
 def one_line(text: object, limit: int = 200) -> str:
