@@ -133,6 +133,19 @@ def _parser(argv: list[str]):
     return parser
 
 
+# Options that stand for a configuration key: checked by the same rule as the key.
+OPTION_KEYS = {"timeout": ("--timeout", "imds.timeout"), "imds_url": ("--imds-url", "imds.url")}
+
+
+def _check_options(args) -> None:
+    from bootagent.config import check_option
+
+    for dest, (option, key) in OPTION_KEYS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            setattr(args, dest, check_option(option, key, value))
+
+
 def _context(args, *, read_config: bool = True, imds: bool = True):
     """The context every command runs in. `read_config`: the root's configuration (or
     --config), else the defaults (status needs none). `imds`: resolve the IMDS URL too,
@@ -148,10 +161,10 @@ def _context(args, *, read_config: bool = True, imds: bool = True):
     if imds:
         from bootagent.runner import resolve_imds_url
 
-        url = getattr(args, "imds_url", None) or ctx.config["imds"]["url"]
+        url = getattr(args, "imds_url", None) or ctx.config.imds.url
         ctx.imds_url, ctx.on_arc = resolve_imds_url(url, ctx.env)
     timeout = getattr(args, "timeout", None)
-    ctx.deadline = ctx.clock() + (timeout if timeout is not None else ctx.config["imds"]["timeout"])
+    ctx.deadline = ctx.clock() + (timeout if timeout is not None else ctx.config.imds.timeout)
     return ctx
 
 
@@ -197,7 +210,7 @@ def cmd_metadata(args) -> int:
 
     ctx = _context(args)
     fmt = args.format or "json"
-    client = ImdsClient(Http(ctx.clock, ctx.sleep), ctx.imds_url, ctx.config["imds"]["api_version"])
+    client = ImdsClient(Http(ctx.clock, ctx.sleep), ctx.imds_url, ctx.config.imds.api_version)
     body = client.fetch_path(args.path, fmt, ctx.deadline)
     if fmt == "json":
         try:
@@ -256,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else argv
         args = _fast_parse(argv) or _parser(argv).parse_args(argv)
+        _check_options(args)
         code = COMMANDS[args.command](args)
     except BootagentError as err:
         sys.stderr.write(f"bootagent: error: {err}\n")

@@ -10,36 +10,67 @@ import os
 import time
 from collections.abc import Callable, Mapping  # not typing: 2 ms of import in every process
 
-from bootagent.errors import UnsafePath
+from bootagent.config import Config, defaults
+from bootagent.paths import split_logical
 from bootagent.record import Factory, Record
+
+TYPE_CHECKING = False  # typing's constant without importing typing; mypy knows the name
+if TYPE_CHECKING:
+    from typing import Any
+
+
+class WriterState:
+    """The writer's own bookkeeping for one process, apart from the run's settings.
+
+    Shared by the run's threads (the host keys' thread writes beside the steps): the temp
+    names in use must be known to every sweep of this process. Also the crash seam:
+    `checkpoint` is a write point, inert unless BOOTAGENT_FAULT_KILL_AT is set."""
+
+    def __init__(self, env: Mapping[str, str] | None = None):
+        env = os.environ if env is None else env
+        self.swept_dirs: set[tuple[int, int]] = set()  # directories already swept of stale temps
+        self.live_temps: set[str] = set()               # this process's temps: never swept
+        self.write_points = 0
+        kill_at = env.get("BOOTAGENT_FAULT_KILL_AT", "")
+        self._kill_at = int(kill_at) if kill_at.isdigit() else 0
+        self._count_file = env.get("BOOTAGENT_FAULT_COUNT_FILE", "")
+        self._count_fd = -1
+
+    def checkpoint(self) -> None:
+        """A write point: counted, and the process killed there when the sweep asks."""
+        self.write_points += 1
+        if self._count_file:  # test seam only, never in production
+            if self._count_fd < 0:  # opened once; the count only grows, so no truncation
+                self._count_fd = os.open(self._count_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                                         | os.O_CLOEXEC, 0o600)
+            os.pwrite(self._count_fd, str(self.write_points).encode(), 0)
+        if self._kill_at and self.write_points == self._kill_at:
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Context(Record):
+    """What is fixed for a run (root, configuration, clock, IMDS URL, deadline), the run's
+    log, the dry run's list of would-be changes, and the writer's state beside them."""
+
     root: str = "/"
-    config: dict = Factory(dict)
+    config: Config = Factory(defaults)
     dry_run: bool = False
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     wall: Callable[[], float] = time.time
     env: Mapping[str, str] = Factory(lambda: os.environ)
-    log: object = None
+    log: Any = None
     imds_url: str = ""
     on_arc: bool = False
     deadline: float = float("inf")
-    # dry-run: (path, description) of every change the writer would make
-    changes: list = Factory(list)
-    # the writer's bookkeeping: directories already swept of stale temp files, the temp
-    # names this process has in use (never swept), write points
-    swept_dirs: set = Factory(set)
-    live_temps: set = Factory(set)
-    write_points: int = 0
+    changes: list = Factory(list)   # dry-run: (path, description) of every change it would make
+    writes: WriterState = None  # type: ignore[assignment]  # made from `env` after __init__
 
     def __post_init__(self):
         self.root = os.path.abspath(self.root)
-        kill_at = self.env.get("BOOTAGENT_FAULT_KILL_AT", "")
-        self._kill_at = int(kill_at) if kill_at.isdigit() else 0
-        self._count_file = self.env.get("BOOTAGENT_FAULT_COUNT_FILE", "")
-        self._count_fd = -1
+        if self.writes is None:
+            self.writes = WriterState(self.env)
 
     @property
     def live(self) -> bool:
@@ -55,26 +86,8 @@ class Context(Record):
         return self.deadline - self.clock()
 
     def checkpoint(self) -> None:
-        """A write point. Inert unless the crash-consistency sweep set BOOTAGENT_FAULT_KILL_AT."""
-        self.write_points += 1
-        if self._count_file:  # test seam only, never in production
-            if self._count_fd < 0:  # opened once; the count only grows, so no truncation
-                self._count_fd = os.open(self._count_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                                         | os.O_CLOEXEC, 0o600)
-            os.pwrite(self._count_fd, str(self.write_points).encode(), 0)
-        if self._kill_at and self.write_points == self._kill_at:
-            import signal
-            os.kill(os.getpid(), signal.SIGKILL)
+        """A write point (see WriterState.checkpoint)."""
+        self.writes.checkpoint()
 
 
-def split_logical(logical: str) -> list[str]:
-    """Split an absolute path into components, refusing anything that could leave the root."""
-    if not isinstance(logical, str) or not logical.startswith("/"):
-        raise UnsafePath(f"refusing path {logical!r}: it must be absolute")
-    if "\0" in logical:
-        raise UnsafePath("refusing a path with a NUL byte")
-    parts = [p for p in logical.split("/") if p]
-    for part in parts:
-        if part in (".", ".."):
-            raise UnsafePath(f"refusing path {logical!r}: '.' and '..' are not allowed")
-    return parts
+__all__ = ["Context", "WriterState", "split_logical"]

@@ -175,7 +175,7 @@ def check_metadata(doc: Doctor) -> Check:
 
     if doc.imds_down():
         return Check("metadata", "SKIP", NEEDS_TCP)
-    client = ImdsClient(doc.http, doc.ctx.imds_url, doc.ctx.config["imds"]["api_version"])
+    client = ImdsClient(doc.http, doc.ctx.imds_url, doc.ctx.config.imds.api_version)
     url = client.url("instance")
     try:
         answer = doc.get(url, {"Metadata": "true"})
@@ -201,7 +201,7 @@ def check_metadata(doc: Doctor) -> Check:
     impostor = _answers_without_header(doc, client.url("instance"))
     if impostor:
         return Check("metadata", "FAIL", impostor)
-    version = "" if client.api_version == doc.ctx.config["imds"]["api_version"] else \
+    version = "" if client.api_version == doc.ctx.config.imds.api_version else \
         f" with api-version {client.api_version} (see api-version)"
     return Check("metadata", "PASS", f"a document came back for vmId {instance.vm_id}{version}")
 
@@ -233,7 +233,7 @@ def check_api_version(doc: Doctor) -> Check:
 
     if doc.imds_down():
         return Check("api-version", "SKIP", NEEDS_TCP)
-    configured = doc.ctx.config["imds"]["api_version"]
+    configured = doc.ctx.config.imds.api_version
     offered = None
     try:
         answer = doc.get(f"{doc.ctx.imds_url.rstrip('/')}/metadata/versions", {"Metadata": "true"})
@@ -281,9 +281,9 @@ def check_wireserver(doc: Doctor) -> Check:
 
     if doc.ctx.on_arc:
         return Check("wireserver", "SKIP", "on Azure Arc: no wireserver")
-    if not on_azure(doc.ctx) and doc.ctx.config["azure"]["report_ready"] is not True:
+    if not on_azure(doc.ctx) and doc.ctx.config.azure.report_ready is not True:
         return Check("wireserver", "SKIP", "not on Azure (no Azure chassis asset tag)")
-    url = doc.ctx.config["azure"]["wireserver"]
+    url = doc.ctx.config.azure.wireserver
     try:
         goal_state = wireserver.fetch_goal_state(doc.http, url, doc.deadline())
     except BootagentError as err:

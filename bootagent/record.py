@@ -19,13 +19,22 @@ from __future__ import annotations
 _MISSING = object()
 
 
-class Factory:
-    """A default made anew for each instance (dataclasses' default_factory)."""
+TYPE_CHECKING = False  # typing's constant without importing typing; mypy knows the name
+if TYPE_CHECKING:  # to a type checker, `x: list = Factory(list)` is a list, as it is at run time
+    from collections.abc import Callable
+    from typing import TypeVar
 
-    __slots__ = ("make",)
+    _T = TypeVar("_T")
 
-    def __init__(self, make):
-        self.make = make
+    def Factory(make: Callable[[], _T]) -> _T: ...  # noqa: N802
+else:
+    class Factory:
+        """A default made anew for each instance (dataclasses' default_factory)."""
+
+        __slots__ = ("make",)
+
+        def __init__(self, make):
+            self.make = make
 
 
 class Record:

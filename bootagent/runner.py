@@ -84,7 +84,7 @@ def run(ctx: Context, *, metadata_file: str | None = None) -> tuple[int, dict]:
         if _host_keys_early(ctx) and not ctx.dry_run:
             host_keys_job.start(None)
         imds_info = {"url": ctx.imds_url if not metadata_file else f"file:{metadata_file}",
-                     "api_version": ctx.config["imds"]["api_version"], "requests": 0}
+                     "api_version": ctx.config.imds.api_version, "requests": 0}
         try:
             instance = _fetch(ctx, metadata_file, imds_info)
         except BootagentError as err:
@@ -114,7 +114,7 @@ class _nothing:
 
 
 def _host_keys_early(ctx: Context) -> bool:
-    if ctx.config["ssh"]["host_keys"] == "off" or not writer.exists(ctx, "/etc/ssh/sshd_config"):
+    if ctx.config.ssh.host_keys == "off" or not writer.exists(ctx, "/etc/ssh/sshd_config"):
         return False
     from bootagent.steps import host_keys
     return host_keys.dmi_uuid(ctx) is not None
@@ -135,7 +135,7 @@ def _fetch(ctx: Context, metadata_file: str | None, imds_info: dict) -> Instance
 
     ctx.log.status("fetching the instance document")
     http = Http(ctx.clock, ctx.sleep)
-    client = ImdsClient(http, ctx.imds_url, ctx.config["imds"]["api_version"])
+    client = ImdsClient(http, ctx.imds_url, ctx.config.imds.api_version)
     try:
         return client.fetch_document(ctx.deadline)
     finally:
@@ -198,7 +198,7 @@ def _run_script(ctx: Context, boot: Boot) -> None:
         return
     from bootagent.steps import userdata
 
-    if ctx.live and not ctx.dry_run and ctx.config["userdata"]["run_scripts"]:
+    if ctx.live and not ctx.dry_run and ctx.config.userdata.run_scripts:
         boot.state.record("userdata", True, script_started=True)
         boot.state.save(ctx)
     final = _guarded("userdata", lambda: userdata.run_script(ctx, boot))

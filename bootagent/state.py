@@ -4,6 +4,17 @@ An instance is `compute.vmId`, compared without regard to case. A step that succ
 for this instance is not run again; one that failed is. A new vmId forgets everything.
 Host keys keep an instance of their own (the DMI system UUID, else the vmId), because
 they must change once per VM and never later, even when IMDS was not reached.
+
+Who holds what, in one place:
+- the run lock (`LOCK_FILE`, on the root) is held by `bootagent run` for its whole pass;
+  a second run waits. `clean` and `host-keys` do not take it.
+- the host keys' lock (`HOST_KEYS_LOCK`, on /run) is held only while host keys are made:
+  by the early unit (`bootagent host-keys`, before the root is writable), or by the run's
+  host_keys step, which runs in a thread beside the fetch. The run takes it after the run
+  lock, never the other way round, so the two cannot deadlock.
+- the run's thread shares the run's Context; the writer's temp names live in its
+  WriterState, so a sweep by either thread spares the other's files, and a sweep by
+  another process spares them by PID (temps.py).
 """
 
 from __future__ import annotations

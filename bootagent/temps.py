@@ -32,20 +32,20 @@ def name(final: str) -> str:
 def own(ctx: Context, final: str):
     """A temp name beside `final` that this process's sweeps leave alone for the block."""
     temp = name(final)
-    ctx.live_temps.add(temp)
+    ctx.writes.live_temps.add(temp)
     try:
         yield temp
     finally:
-        ctx.live_temps.discard(temp)
+        ctx.writes.live_temps.discard(temp)
 
 
 def sweep(ctx: Context, dir_fd: int) -> None:
     """Remove the stale temps of a directory, once per directory and process."""
     info = os.fstat(dir_fd)
     key = (info.st_dev, info.st_ino)
-    if key in ctx.swept_dirs:
+    if key in ctx.writes.swept_dirs:
         return
-    ctx.swept_dirs.add(key)
+    ctx.writes.swept_dirs.add(key)
     if ctx.dry_run:
         return
     for entry in os.listdir(dir_fd):
@@ -64,7 +64,7 @@ def stale(ctx: Context, entry: str) -> bool:
     """True for a temp whose writer is gone. (A temp of a previous boot whose PID is now
     another process's waits for a later run.)"""
     match = _NAME.match(entry)
-    if match is None or entry in ctx.live_temps:
+    if match is None or entry in ctx.writes.live_temps:
         return False
     pid = int(match.group(1) or 0)
     if pid <= 0 or pid == os.getpid():

@@ -18,7 +18,8 @@ import stat
 from contextlib import contextmanager
 
 from bootagent import temps
-from bootagent.context import Context, split_logical
+from bootagent.context import Context
+from bootagent.paths import split_logical
 from bootagent.errors import StepError, UnsafePath
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -53,12 +53,7 @@ def root(tmp_path: Path) -> Path:
 @pytest.fixture
 def make_ctx(root: Path):
     def make(**overrides) -> Context:
-        cfg = config_mod.defaults()
-        for section, values in overrides.pop("config", {}).items():
-            if isinstance(values, dict):
-                cfg[section].update(values)
-            else:
-                cfg[section] = values
+        cfg = config_mod.validate(overrides.pop("config", {}), "the test's configuration")
         return Context(root=str(root), config=cfg, **overrides)
     return make
 

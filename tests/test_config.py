@@ -26,7 +26,8 @@ def write_config(root: Path, text: str) -> Path:
 
 
 def load(root: Path) -> dict:
-    return config.load(Context(root=str(root)))
+    """The loaded configuration as plain data (the typed Config's to_dict)."""
+    return config.load(Context(root=str(root))).to_dict()
 
 
 def test_defaults_are_the_specs(root):
@@ -36,15 +37,19 @@ def test_defaults_are_the_specs(root):
     assert loaded["users"] == {"enabled": True, "groups": ["sudo"], "sudo": True}
     assert loaded["ssh"] == {"enabled": True, "host_keys": "regenerate"}
     assert loaded["userdata"]["run_scripts"] is True
-    assert loaded["azure"] == {"report_ready": "auto", "wireserver": "http://168.63.129.16"}
+    assert loaded["azure"] == {"report_ready": "auto", "wireserver": "http://168.63.129.16",
+                               "provisioning_media": "auto",
+                               "resource_disk": {"enabled": "auto", "device": "auto", "mount": "/mnt",
+                                                 "filesystem": "ext4", "swap_mb": 0}}
+    assert loaded["network"] == {"enabled": "auto"}
     assert loaded["templates"] == []
-    assert set(loaded) == {"imds", "hostname", "users", "ssh", "userdata", "azure", "templates"}
+    assert set(loaded) == {"imds", "hostname", "users", "ssh", "userdata", "azure", "network", "templates"}
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n", "imds:\n"])
 def test_an_empty_file_means_the_defaults(root, text):
     write_config(root, text)
-    assert load(root) == config.defaults()
+    assert load(root) == config.defaults().to_dict()
 
 
 def test_given_keys_override_and_the_rest_stay_default(root):
@@ -157,7 +162,7 @@ import json, sys
 from bootagent import config
 from bootagent.context import Context
 loaded = config.load(Context(root=sys.argv[1]))
-print(json.dumps({"yaml": "yaml" in sys.modules, "config": loaded}))
+print(json.dumps({"yaml": "yaml" in sys.modules, "config": loaded.to_dict()}))
 """
 
 
@@ -215,10 +220,56 @@ def test_a_cache_left_by_another_agent_version_is_not_trusted(root, key_prefix):
     raw = b"imds:\n  timeout: 42\n"
     (root / CONFIG).parent.mkdir(parents=True, exist_ok=True)
     (root / CONFIG).write_bytes(raw)
-    stale = config.defaults()
+    stale = config.defaults().to_dict()
     stale["imds"]["timeout"] = 7  # what another agent concluded from the same bytes
     cache = root / "var/lib/bootagent/config-cache.json"
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"sha256": hashlib.sha256(key_prefix + raw).hexdigest(), "config": stale}))
 
     assert load(root)["imds"]["timeout"] == 42
+
+
+# -- command-line values go through the same checks (issue 17, defect 6) --------------------
+
+@pytest.mark.parametrize("command", [["run"], ["metadata"], ["status"]])
+@pytest.mark.parametrize("value", ["nan", "inf", "-5", "0", "86401"])
+def test_a_bad_timeout_on_the_command_line_is_exit_2_with_one_line(root, command, value):
+    """`--timeout nan` used to retry forever and `-5` to give up at once with exit 3."""
+    url = [] if command == ["status"] else ["--imds-url", "http://127.0.0.1:9"]
+    done = run_cli(*command, "--root", str(root), *url, f"--timeout={value}", timeout=20)
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip()
+    assert "\n" not in line and "--timeout" in line and "Traceback" not in line
+    assert not (root / "run/bootagent/result.json").exists()
+
+
+def test_a_bad_imds_url_on_the_command_line_is_refused_as_in_the_file(root):
+    done = run_cli("metadata", "--root", str(root), "--imds-url", "ftp://x\nEvil: 1", "--timeout", "1")
+    assert done.returncode == 2
+    line = done.stderr.strip()
+    assert "\n" not in line and "--imds-url" in line and "\\n" in line
+
+
+def test_the_schema_and_the_typed_config_name_the_same_settings():
+    """One table: every key of the schema is a field of its section, and nothing else is."""
+    fields = set()
+
+    def walk(prefix: str, record_type) -> None:
+        for name in record_type._fields:
+            key = f"{prefix}.{name}" if prefix else name
+            if key in config.SECTION_TYPES:
+                walk(key, config.SECTION_TYPES[key])
+            elif key != "templates":
+                fields.add(key)
+
+    walk("", config.Config)
+    assert fields == set(config.CHECKS)
+
+
+def test_the_typed_config_is_frozen_and_read_by_attribute(root):
+    write_config(root, "azure:\n  resource_disk:\n    swap_mb: 2048\nnetwork:\n  enabled: false\n")
+    loaded = config.load(Context(root=str(root)))
+    assert loaded.azure.resource_disk.swap_mb == 2048 and loaded.network.enabled is False
+    assert loaded.users.groups == ("sudo",)
+    with pytest.raises(AttributeError):
+        loaded.users.sudo = False

@@ -269,11 +269,11 @@ def test_userdata_errors_never_carry_its_content(text):
 
 # ---- the configuration ------------------------------------------------------------
 
-config_keys = st.sampled_from([f"{s}.{k}" for s, keys in config.DEFAULTS.items()
-                               if isinstance(keys, dict) for k in keys])
+config_keys = st.sampled_from(sorted(config.CHECKS))
 config_leaves = st.one_of(
     json_values, st.sampled_from(["auto", "regenerate", "keep", "off", "2021-08-01", "0644", "644",
-                                  "http://127.0.0.1:1", "sudo", 0, 1, 0.0, 1.0, -1, 86401, float("inf")]))
+                                  "http://127.0.0.1:1", "sudo", 0, 1, 0.0, 1.0, -1, 86401, float("inf"),
+                                  float("nan"), "/mnt", "/dev/sdb", "ext4", "xfs", "a/../b"]))
 template_entries = st.one_of(json_values, st.dictionaries(
     st.sampled_from(sorted(config.TEMPLATE_KEYS) + ["extra"]),
     st.one_of(config_leaves, st.sampled_from(["motd.j2", "/etc/motd", "../x", "/", "/a/../b",
@@ -285,8 +285,11 @@ template_entries = st.one_of(json_values, st.dictionaries(
 def config_values(draw):
     raw = {}
     for dotted in draw(st.lists(config_keys, max_size=6)):
-        section, key = dotted.split(".")
-        raw.setdefault(section, {})[key] = draw(config_leaves)
+        *sections, key = dotted.split(".")
+        node = raw
+        for section in sections:
+            node = node.setdefault(section, {}) if isinstance(node.get(section, {}), dict) else {}
+        node[key] = draw(config_leaves)
     if draw(st.booleans()):
         raw["templates"] = draw(st.one_of(st.lists(template_entries, max_size=3), json_values))
     if draw(st.integers(0, 9)) == 0:
@@ -296,9 +299,11 @@ def config_values(draw):
     return raw
 
 
-def _check_types(cfg: dict) -> None:
+def _check_types(typed: config.Config) -> None:
     """A configuration that validated has the types the rest of the agent relies on."""
-    assert set(cfg) == set(config.DEFAULTS)
+    assert config.from_dict(typed.to_dict()) == typed  # the parse cache gives it back whole
+    cfg = typed.to_dict()
+    assert set(cfg) == set(config.Config._fields)
     for section in ("hostname", "users", "ssh"):
         assert type(cfg[section]["enabled"]) is bool
     assert type(cfg["userdata"]["run_scripts"]) is bool
@@ -311,8 +316,12 @@ def _check_types(cfg: dict) -> None:
     report = cfg["azure"]["report_ready"]
     assert report == "auto" or type(report) is bool, repr(report)
     assert all(isinstance(g, str) for g in cfg["users"]["groups"])
+    disk = cfg["azure"]["resource_disk"]
+    assert disk["enabled"] == "auto" or type(disk["enabled"]) is bool
+    assert type(disk["swap_mb"]) is int and disk["swap_mb"] >= 0
+    assert disk["mount"].startswith("/") and disk["filesystem"] in ("ext4", "ext3", "ext2", "xfs")
     for entry in cfg["templates"]:
-        assert set(entry) == config.TEMPLATE_KEYS
+        assert set(entry) == set(config.TEMPLATE_KEYS)
         assert type(entry["mode"]) is int and 0 <= entry["mode"] <= 0o7777
         assert entry["dest"].startswith("/") and "\0" not in entry["dest"]
 

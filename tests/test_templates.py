@@ -256,8 +256,7 @@ GUARD = textwrap.dedent("""
     from bootagent.state import InstanceState
     from bootagent.steps import templates
     root, doc, manifest = sys.argv[1], json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))
-    cfg = config.defaults()
-    cfg["templates"] = manifest
+    cfg = config.validate({"templates": manifest}, "test")
     boot = Boot(parse_document(doc), InstanceState({"steps": {}}), api_version="2021-08-01")
     boot.hostname = "web-01"
     outcome = templates.run(Context(root=root, config=cfg), boot)
@@ -299,7 +298,7 @@ def test_the_shipped_examples_render_and_the_tags_file_is_safe_shell(root, make_
     for template in (REPO / "templates").glob("*.j2"):
         write_template(root, template.name, template.read_text())
     manifest = config.validate(yaml.safe_load((REPO / "templates/bootagent.yaml").read_text()),
-                               "templates/bootagent.yaml")["templates"]
+                               "templates/bootagent.yaml").to_dict()["templates"]
     tricky = {"env": "prod", "quote": "it's $(touch /tmp/pwned) `x` \"y\"", "team-name": "a b",
               "bad name!": "left out", "9lives": "left out"}
     outcome = run_step(make_ctx, set_tags(document, tricky), manifest)

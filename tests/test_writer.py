@@ -415,7 +415,7 @@ root, action = sys.argv[1], sys.argv[2]
 class Pausing(Context):
     def checkpoint(self):  # the first write point: inside the directory's making
         super().checkpoint()
-        if action == "pause" and self.write_points == 1:
+        if action == "pause" and self.writes.write_points == 1:
             print("paused", flush=True)
             sys.stdin.readline()
 

@@ -144,7 +144,7 @@ def _glob(ctx: Context, pattern: str) -> list[str]:
     """glob(3) under the root, one component at a time, through the writer (no symlink)."""
     from fnmatch import fnmatchcase
 
-    from bootagent.context import split_logical
+    from bootagent.paths import split_logical
 
     paths = [""]
     for part in split_logical(pattern):
@@ -191,7 +191,7 @@ def run(ctx: Context, vm_id: str | None, remount_wait: float = 0.0) -> StepResul
 
 
 def _run(ctx: Context, vm_id: str | None, remount_wait: float) -> StepResult:
-    mode = ctx.config.get("ssh", {}).get("host_keys", "regenerate")
+    mode = ctx.config.ssh.host_keys
     if mode == "off":
         return StepResult.skipped("ssh.host_keys is off")
     if not writer.exists(ctx, SSHD_CONFIG):

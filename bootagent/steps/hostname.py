@@ -89,7 +89,7 @@ def update_hosts(current: bytes | None, name: str) -> bytes:
 
 
 def run(ctx: Context, boot: Boot) -> StepResult:
-    if not ctx.config.get("hostname", {}).get("enabled", True):
+    if not ctx.config.hostname.enabled:
         return StepResult.skipped("hostname disabled in the configuration")
     name, source = choose_hostname(boot.instance, boot.user_data_mapping())
     if name is None:

@@ -20,7 +20,7 @@ MIN_SECRET = 4
 
 def skip_reason(ctx) -> str | None:
     """Why no report is sent on this machine, or None when reports are on."""
-    mode = ctx.config["azure"]["report_ready"]
+    mode = ctx.config.azure.report_ready
     if mode is False:
         return "azure.report_ready is false"
     if ctx.on_arc:
@@ -46,7 +46,7 @@ def run(ctx, boot) -> StepResult:
     # wireserver appends no copy of what the host has already been told.
     told = boot.state.get(STEP).get("kvp")
     changed = [] if told == state else _kvp(ctx, boot, ready, description)
-    url = ctx.config["azure"]["wireserver"]
+    url = ctx.config.azure.wireserver
     if ctx.dry_run:
         ctx.changes.append((url, f"would report {state} to the wireserver at {url}"
                                  + (f" ({description})" if description else "")))

@@ -120,7 +120,7 @@ def merge_keys(current: bytes | None, lines: list[str]) -> bytes:
 
 
 def run(ctx: Context, boot: Boot) -> StepResult:
-    if not ctx.config.get("ssh", {}).get("enabled", True):
+    if not ctx.config.ssh.enabled:
         return StepResult.skipped("ssh keys disabled in the configuration")
     users_result = boot.results.get("users")
     if users_result is not None and users_result.status == "failed":

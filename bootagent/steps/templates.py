@@ -22,6 +22,7 @@ import stat
 
 from bootagent import __version__, accounts, writer
 from bootagent.boot import Boot
+from bootagent.config import Template
 from bootagent.context import Context
 from bootagent.errors import StepError
 from bootagent.state import STATE_DIR
@@ -35,7 +36,7 @@ MAX_CACHE = 4 << 20
 
 
 def run(ctx: Context, boot: Boot) -> StepResult:
-    entries = ctx.config.get("templates") or []
+    entries = ctx.config.templates
     if not entries:
         return StepResult.skipped("no templates in the configuration")
     if boot.instance is None:
@@ -46,9 +47,9 @@ def run(ctx: Context, boot: Boot) -> StepResult:
     new_cache: dict[str, dict] = {}
     lazy = _LazyRender(boot, inputs)
     changed, errors = [], []
-    srcs = [entry["src"] for entry in entries]
+    srcs = [entry.src for entry in entries]
     for entry in entries:
-        label = entry["src"] if srcs.count(entry["src"]) == 1 else f"{entry['src']} ({entry['dest']})"
+        label = entry.src if srcs.count(entry.src) == 1 else f"{entry.src} ({entry.dest})"
         try:
             key, outcome, wrote = _one(ctx, entry, inputs_digest, old_cache, lazy)
         except StepError as err:
@@ -56,7 +57,7 @@ def run(ctx: Context, boot: Boot) -> StepResult:
             continue
         new_cache[key] = outcome
         if wrote:
-            changed.append(entry["dest"])
+            changed.append(entry.dest)
     _store_cache(ctx, new_cache)
     if errors:
         return StepResult.failed("templates: " + "; ".join(errors), changed)
@@ -105,14 +106,14 @@ class _LazyRender:
         return self._renderer, self._context
 
 
-def _one(ctx: Context, entry: dict, inputs_digest: str, cache: dict, lazy: _LazyRender):
+def _one(ctx: Context, entry: Template, inputs_digest: str, cache: dict, lazy: _LazyRender):
     """Bring one entry's destination up to date: (cache key, cache record, whether it changed)."""
-    source = writer.read_file(ctx, f"{TEMPLATE_DIR}/{entry['src']}", limit=MAX_TEMPLATE)
+    source = writer.read_file(ctx, f"{TEMPLATE_DIR}/{entry.src}", limit=MAX_TEMPLATE)
     if source is None:
-        raise StepError(f"not found at {ctx.path(TEMPLATE_DIR)}/{entry['src']} (add it or remove the entry)")
-    owner = accounts.owner_ids(ctx, entry["owner"], entry["group"])
+        raise StepError(f"not found at {ctx.path(TEMPLATE_DIR)}/{entry.src} (add it or remove the entry)")
+    owner = accounts.owner_ids(ctx, entry.owner, entry.group)
     key = _digest(b"\0".join([CACHE_FORMAT.encode(), _digest(source).encode(),
-                              json.dumps(entry, sort_keys=True).encode(), inputs_digest.encode()]))
+                              json.dumps(entry.to_dict(), sort_keys=True).encode(), inputs_digest.encode()]))
     known = cache.get(key)
     if known is not None and _still_there(ctx, entry, owner, known):
         return key, known, False
@@ -121,26 +122,26 @@ def _one(ctx: Context, entry: dict, inputs_digest: str, cache: dict, lazy: _Lazy
     except UnicodeDecodeError:
         raise StepError("the template is not UTF-8 text") from None
     renderer, context = lazy.get()
-    if entry.get("when") and not renderer.when(entry["when"], context):
+    if entry.when and not renderer.when(entry.when, context):
         return key, {"when": False}, False
     data = renderer.render(text, context).encode("utf-8")
-    wrote = writer.write_file(ctx, entry["dest"], data, mode=entry["mode"], owner=owner)
-    return key, {"dest": entry["dest"], "sha256": _digest(data)}, wrote
+    wrote = writer.write_file(ctx, entry.dest, data, mode=entry.mode, owner=owner)
+    return key, {"dest": entry.dest, "sha256": _digest(data)}, wrote
 
 
-def _still_there(ctx: Context, entry: dict, owner: tuple[int, int], known: dict) -> bool:
+def _still_there(ctx: Context, entry: Template, owner: tuple[int, int], known: dict) -> bool:
     """True when the cached outcome still holds: `when` was false, or dest has the bytes,
     mode and owner last written."""
     if known.get("when") is False:
         return True
     try:
-        current = writer.read_file(ctx, entry["dest"], limit=MAX_TEMPLATE * 8)
+        current = writer.read_file(ctx, entry.dest, limit=MAX_TEMPLATE * 8)
         if current is None or _digest(current) != known.get("sha256"):
             return False
-        info = os.lstat(ctx.path(entry["dest"]))
+        info = os.lstat(ctx.path(entry.dest))
     except (StepError, OSError):
         return False
-    return stat.S_IMODE(info.st_mode) == entry["mode"] and (info.st_uid, info.st_gid) == owner
+    return stat.S_IMODE(info.st_mode) == entry.mode and (info.st_uid, info.st_gid) == owner
 
 
 def _digest(data: bytes) -> str:

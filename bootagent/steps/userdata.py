@@ -80,7 +80,7 @@ def run_script(ctx: Context, boot: Boot, *, force_live: bool = False) -> StepRes
         outcome.details.update(script="skipped", script_reason=reason)
         log(ctx, "info", f"userData script not run: {reason}", STEP)
         return outcome
-    timeout = ctx.config["userdata"]["script_timeout"]
+    timeout = ctx.config.userdata.script_timeout
     ran = execute(ctx.path(USER_DATA_PATH), timeout, env=script_env(ctx), cwd=ctx.root)
     if ran.start_error is not None:
         outcome.details["script"] = "not started"
@@ -107,7 +107,7 @@ def _why_not(ctx: Context, force_live: bool) -> str | None:
         return "root is not /"
     if ctx.dry_run:
         return "dry run"
-    if not ctx.config["userdata"]["run_scripts"]:
+    if not ctx.config.userdata.run_scripts:
         return "userdata.run_scripts is false"
     return None
 

@@ -36,7 +36,7 @@ _USERADD_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 def skip_reason(ctx: Context, instance) -> str | None:
     """Why there is no admin user to provision (shared with ssh_keys), or None."""
-    if not ctx.config.get("users", {}).get("enabled", True):
+    if not ctx.config.users.enabled:
         return "users disabled in the configuration"
     if instance is None:
         return "no instance document"
@@ -111,7 +111,7 @@ def grant_sudo(ctx: Context, name: str) -> bool:
     IMDS never carries a password, so the admin has none to type: without this rule
     the admin of a VM could not administer it. `users.sudo: false` turns it off; an
     image without sudo (no /etc/sudoers.d) gets nothing."""
-    if not ctx.config.get("users", {}).get("sudo", True):
+    if not ctx.config.users.sudo:
         return False
     if not os.path.isdir(ctx.path(SUDOERS_DIR)):
         return False
@@ -147,7 +147,7 @@ def _existing_groups(ctx: Context) -> list[str]:
     """The configured groups that the root has; a warning for each one it lacks."""
     known = accounts.groups(ctx)
     present = []
-    for group in ctx.config.get("users", {}).get("groups", []):
+    for group in ctx.config.users.groups:
         if group in known:
             present.append(group)
         else:
