@@ -29,6 +29,7 @@ DEFAULTS = {
     "ssh": {"enabled": True, "host_keys": "regenerate"},
     "userdata": {"run_scripts": True, "script_timeout": 300},
     "azure": {"report_ready": "auto", "wireserver": "http://168.63.129.16"},
+    "network": {"enabled": "auto"},
     "templates": [],
 }
 TEMPLATE_KEYS = {"src", "dest", "when", "mode", "owner", "group"}
@@ -166,7 +167,7 @@ def _check(key: str, value: object, source: str) -> object:
     elif key == "ssh.host_keys":
         if value not in ("regenerate", "keep", "off"):
             raise bad("regenerate, keep or off")
-    elif key == "azure.report_ready":
+    elif key in ("azure.report_ready", "network.enabled"):
         if value != "auto" and not isinstance(value, bool):  # `in (True, False)` would take 0 and 1
             raise bad("auto, true or false")
     elif key == "azure.wireserver":

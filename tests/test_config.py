@@ -37,8 +37,10 @@ def test_defaults_are_the_specs(root):
     assert loaded["ssh"] == {"enabled": True, "host_keys": "regenerate"}
     assert loaded["userdata"]["run_scripts"] is True
     assert loaded["azure"] == {"report_ready": "auto", "wireserver": "http://168.63.129.16"}
+    assert loaded["network"] == {"enabled": "auto"}
     assert loaded["templates"] == []
-    assert set(loaded) == {"imds", "hostname", "users", "ssh", "userdata", "azure", "templates"}
+    assert set(loaded) == {"imds", "hostname", "users", "ssh", "userdata", "azure", "network",
+                           "templates"}
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n", "imds:\n"])
@@ -83,6 +85,8 @@ BAD = [
     ("users:\n  groups: sudo\n", ["users.groups"]),
     ("ssh:\n  host_keys: sometimes\n", ["ssh.host_keys"]),
     ("azure:\n  report_ready: maybe\n", ["azure.report_ready"]),
+    ("network:\n  enabled: 1\n", ["network.enabled"]),
+    ("network:\n  enabled: off-ish\n", ["network.enabled"]),
     ("templates: {src: a.j2}\n", ["templates"]),
     ("templates:\n  - src: a.j2\n    dest: /etc/a\n    mode: rw-r--r--\n", ["templates[0].mode"]),
     ("templates:\n  - src: a.j2\n    dest: /etc/a\n    mode: \"99\"\n", ["templates[0].mode"]),
