@@ -149,7 +149,9 @@ def _family(entry: dict, family: str, default_prefix: int, where: str) -> tuple[
         raise _Bad(f"{family}.ipAddress has {len(listed)} entries (at most {MAX_ADDRESSES})")
     addresses = []
     for number, item in enumerate(listed):
-        value = item.get("privateIpAddress") if isinstance(item, dict) else item
+        if not isinstance(item, dict):
+            raise _Bad(f"{family}.ipAddress[{number}] is not an object")
+        value = item.get("privateIpAddress")
         address = _address(value, family)
         if address is None:
             raise _Bad(f"{family}.ipAddress[{number}].privateIpAddress {quoted(value)} "

@@ -529,24 +529,46 @@ def test_telling_the_backend_names_a_failure_in_one_line(root, make_ctx, tmp_pat
 TEXT = st.text(alphabet=st.sampled_from(list("0123456789abcdefABCDEF:.-/%x \n\r\t\x00\x1b[]=#\"'") + ["é"]),
                max_size=24)
 MACS = st.one_of(st.sampled_from(["000D3A6B1C2E", "00:0d:3a:6b:1c:2f", "000d3a6b1c30"]), TEXT)
-ADDRESSES = st.one_of(st.sampled_from(["10.0.0.4", "10.0.0.5", "2001:db8::1", "::ffff:1.2.3.4", "fe80::1%x"]),
-                      TEXT)
+
+def addresses(*valid: str):
+    """Mostly valid ones, so that static lines are made too."""
+    good = st.sampled_from(valid)
+    return st.one_of(good, good, good, good, good, good, st.just("fe80::1%x"), TEXT)
+
+
+ADDRESSES4 = addresses("10.0.0.4", "10.0.0.5", "0.0.0.0", "255.255.255.255")
+ADDRESSES6 = addresses("2001:db8::1", "::ffff:1.2.3.4", "::", "fe80::1")
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 300), TEXT)
 JSON = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
                                                      st.dictionaries(TEXT, inner, max_size=3)), max_leaves=8)
 
 
-def family(addresses):
-    return st.fixed_dictionaries(
-        {"ipAddress": st.one_of(st.lists(st.fixed_dictionaries({"privateIpAddress": addresses}), max_size=4),
-                                JSON),
-         "subnet": st.one_of(st.lists(st.fixed_dictionaries({"prefix": st.one_of(st.sampled_from(["24", "64"]),
-                                                                               SCALARS)}), max_size=2), JSON)})
+def family(listed):
+    entries = st.lists(st.fixed_dictionaries({"privateIpAddress": listed}), max_size=4)
+    prefixes = st.lists(st.fixed_dictionaries({"prefix": st.one_of(st.sampled_from(["24", "32", "0"]),
+                                                                   st.sampled_from(["24", "32", "0"]),
+                                                                   SCALARS)}), max_size=2)
+    return st.fixed_dictionaries({"ipAddress": st.one_of(entries, entries, JSON),
+                                  "subnet": st.one_of(prefixes, prefixes, JSON)})
 
 
-NICS = st.one_of(st.fixed_dictionaries({"macAddress": MACS, "ipv4": family(ADDRESSES), "ipv6": family(ADDRESSES)}),
-                 JSON)
-NETWORKS = st.one_of(st.fixed_dictionaries({"interface": st.lists(NICS, max_size=5)}), JSON)
+NIC = st.fixed_dictionaries({"macAddress": MACS, "ipv4": family(ADDRESSES4), "ipv6": family(ADDRESSES6)})
+NICS = st.one_of(NIC, NIC, JSON)
+# well-formed NICs with text (control characters too) where the agent reads nothing
+WELL_FORMED = st.fixed_dictionaries({
+    "macAddress": st.sampled_from(["000D3A6B1C2E", "000d3a6b1c2f", "00-0D-3A-6B-1C-30"]),
+    "ipv4": st.fixed_dictionaries({
+        "ipAddress": st.lists(st.fixed_dictionaries({"privateIpAddress": st.sampled_from(["10.0.0.4", "10.0.0.5"]),
+                                                     "publicIpAddress": TEXT}), min_size=1, max_size=3),
+        "subnet": st.lists(st.fixed_dictionaries({"prefix": st.sampled_from(["24", "", "32"]),
+                                                  "address": TEXT}), max_size=1)}),
+    "ipv6": st.fixed_dictionaries({
+        "ipAddress": st.lists(st.fixed_dictionaries({"privateIpAddress": st.sampled_from(["2001:db8::1", "::"])}),
+                              max_size=3)}),
+}, optional={"name": TEXT, "extra": JSON})
+NETWORKS = st.one_of(st.fixed_dictionaries({"interface": st.lists(NICS, max_size=5)}),
+                     st.fixed_dictionaries({"interface": st.lists(WELL_FORMED, min_size=1, max_size=4)}),
+                     JSON)
 LINE = (r"# .*|\[(Match|Network|DHCPv4|DHCPv6|IPv6AcceptRA)\]|"
         r"MACAddress=([0-9a-f]{2}:){5}[0-9a-f]{2}|Driver=hv_netvsc|DHCP=(ipv4|yes)|"
         r"Address=[0-9a-f.:]+/[0-9]{1,3}|RouteMetric=[0-9]+00|UseDNS=no|")
