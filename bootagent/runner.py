@@ -1,7 +1,7 @@
 """The boot run: one pass from configuration to result.json (SPEC "The boot run").
 
     lock ─> host keys start (beside the fetch when the DMI UUID is known)
-         ─> fetch the document ─> per-instance steps, gated by state ─> templates
+         ─> fetch the document ─> per-instance steps, gated by state ─> network ─> templates
          ─> join host keys ─> report ─> userData script ─> state, result.json
 
 The host_keys step holds a lock of its own (the early unit's `bootagent host-keys` may be
@@ -144,7 +144,7 @@ def _fetch(ctx: Context, metadata_file: str | None, imds_info: dict) -> Instance
 
 
 def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job: HostKeysJob) -> Boot:
-    from bootagent.steps import report, templates
+    from bootagent.steps import network, report, templates
 
     if ctx.log is not None:
         ctx.log.instance_id = instance.instance_id
@@ -154,6 +154,7 @@ def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job
         boot.hostname = state.get("hostname").get("hostname")
     for name in PER_INSTANCE:
         _per_instance(ctx, boot, name)
+    _step(ctx, boot, "network", network.run)
     _step(ctx, boot, "templates", templates.run)
     # joined as late as it can be: while the early unit makes the keys, the steps above run
     boot.results["host_keys"] = host_keys_job.finish(instance.vm_id)

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(passwd openssh-client python3-venv libsystemd-dev pkg-config)
+# systemd (its systemd-networkd) and netplan.io read the network step's files in the tests
+packages=(passwd openssh-client python3-venv libsystemd-dev pkg-config systemd netplan.io)
 if [ "${1:-}" = "--full" ]; then
     packages+=(qemu-system-x86 qemu-utils mmdebstrap socat e2fsprogs packer openssh-server)
 fi

@@ -88,6 +88,8 @@ BAD = [
     ("users:\n  groups: sudo\n", ["users.groups"]),
     ("ssh:\n  host_keys: sometimes\n", ["ssh.host_keys"]),
     ("azure:\n  report_ready: maybe\n", ["azure.report_ready"]),
+    ("network:\n  enabled: 1\n", ["network.enabled"]),
+    ("network:\n  enabled: off-ish\n", ["network.enabled"]),
     ("templates: {src: a.j2}\n", ["templates"]),
     ("templates:\n  - src: a.j2\n    dest: /etc/a\n    mode: rw-r--r--\n", ["templates[0].mode"]),
     ("templates:\n  - src: a.j2\n    dest: /etc/a\n    mode: \"99\"\n", ["templates[0].mode"]),

@@ -85,6 +85,26 @@ def test_a_later_boot_imports_neither_jinja_nor_yaml(provisioned, fake_imds):
         "host_keys": "unchanged", "userdata": "unchanged", "templates": "unchanged"}
 
 
+def test_a_later_boot_with_the_network_configured_runs_no_tool_and_imports_nothing_new(root, fake_imds):
+    """The network step on a later boot compares its files and stops: no subprocess (no
+    `networkctl reload`), and no module beyond the agent's own that a boot without a network
+    backend does not load as well (ipaddress comes with the HTTP client)."""
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "systemd-networkd.service").symlink_to("/lib/systemd/system/systemd-networkd.service")
+    first = run_cli("run", "--root", str(root), "--imds-url", fake_imds.url, "--timeout", "30")
+    assert first.returncode == 0, first.stderr
+    assert result_json(root)["steps"]["network"]["status"] == "changed"
+    code, with_network = modules_after("run", "--root", str(root), "--imds-url", fake_imds.url,
+                                       "--timeout", "30")
+    assert code == 0 and result_json(root)["steps"]["network"]["status"] == "unchanged"
+    assert loaded(with_network, NEVER_ON_A_LATER_BOOT) == []
+    (wants / "systemd-networkd.service").unlink()
+    code, without = modules_after("run", "--root", str(root), "--imds-url", fake_imds.url, "--timeout", "30")
+    assert code == 0 and result_json(root)["steps"]["network"]["status"] == "skipped"
+    assert sorted(m for m in with_network - without if not m.startswith("bootagent")) == []
+
+
 def test_status_imports_no_http_client_and_no_jinja_or_yaml(provisioned):
     code, modules = modules_after("status", "--root", str(provisioned))
     assert code == 0

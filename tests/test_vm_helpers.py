@@ -150,3 +150,21 @@ def test_forcing_the_accelerator(monkeypatch, tmp_path):
     monkeypatch.setenv("BOOTAGENT_VM_ACCEL", "xen")
     with pytest.raises(ValueError):
         qemu.detect_accel(tmp_path / "k", tmp_path / "i")
+
+
+def test_a_second_nic_has_its_own_network_and_leaves_the_first_as_it_was(tmp_path):
+    """The first NIC keeps its guestfwd (it works only inside slirp's own network); the
+    second is a plain NIC on a user network of its own, with the MAC the test gives."""
+    (tmp_path / "disk.qcow2").write_bytes(b"QFI\xfb" + bytes(60))
+    commands = []
+    for second in (None, "52:54:00:12:34:57"):
+        vm = qemu.VM(tmp_path / "disk.qcow2", tmp_path / "vmlinuz", tmp_path / "initrd",
+                     workdir=tmp_path, vm_uuid="0f3c6a52-1c9e-4d7b-9a51-3e2f0c8d7b64",
+                     fake_port=4242, accel="tcg", second_nic_mac=second)
+        vm.ssh_port = 2222
+        commands.append(vm.command())
+    one, two = commands
+    assert two[:len(one) - 2] == one[:-2] and two[-2:] == one[-2:]  # -accel tcg last in both
+    added = two[len(one) - 2:-2]
+    assert added == ["-netdev", "user,id=n2,net=10.0.3.0/24",
+                     "-device", "virtio-net-pci,netdev=n2,mac=52:54:00:12:34:57"]

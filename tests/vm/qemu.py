@@ -33,6 +33,10 @@ AZURE_ASSET_TAG = "7783-7084-3265-9085-8269-3286-77"
 IMDS_IP = "169.254.169.254"
 WIRESERVER_IP = "168.63.129.16"
 GUEST_NET = "168.0.0.0/7"
+# QEMU's MAC for the first NIC when none is given (the guest's primary NIC), and the
+# optional second NIC's own user-mode network (no guestfwd there: it is only a NIC)
+FIRST_MAC = "52:54:00:12:34:56"
+SECOND_NET = "10.0.3.0/24"
 
 # Console lines that mark boot milestones (first match wins, host clock).
 MILESTONES = {
@@ -81,7 +85,7 @@ class VM:
     def __init__(self, disk: Path, kernel: Path, initrd: Path, *, workdir: Path,
                  vm_uuid: str, fake_port: int, name: str = "vm", accel: str | None = None,
                  memory: int = 1024, cpus: int = 2, append: str = "",
-                 extra_args: list[str] = ()):
+                 extra_args: list[str] = (), second_nic_mac: str | None = None):
         self.disk, self.kernel, self.initrd = Path(disk), Path(kernel), Path(initrd)
         self.workdir = Path(workdir)
         self.vm_uuid = vm_uuid
@@ -91,6 +95,7 @@ class VM:
         self.memory, self.cpus = memory, cpus
         self.append = append
         self.extra_args = list(extra_args)  # more QEMU arguments, e.g. a CD-ROM
+        self.second_nic_mac = second_nic_mac  # a second NIC on SECOND_NET with this MAC
         self.ssh_port: int | None = None
         self.proc: subprocess.Popen | None = None
         self.console_log = self.workdir / f"{name}.console.log"
@@ -124,6 +129,9 @@ class VM:
                "-smbios", f"type=3,asset={AZURE_ASSET_TAG}",
                "-uuid", self.vm_uuid,
                "-device", "virtio-rng-pci"]
+        if self.second_nic_mac:
+            cmd += ["-netdev", f"user,id=n2,net={SECOND_NET}",
+                    "-device", f"virtio-net-pci,netdev=n2,mac={self.second_nic_mac}"]
         cmd += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg"]
         return cmd + self.extra_args
 
