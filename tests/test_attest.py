@@ -1,0 +1,221 @@
+"""`bootagent attest` against the fake over loopback: a verified document, and each way
+a document must be refused (exit 1, one line naming the check, never a traceback), made
+by signers this module controls (certificates made with the openssl command)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import pytest
+
+from bootagent.fake import pki
+from bootagent.fake.server import FakeImds
+from conftest import background, loopback_server, run_cli
+
+
+def one_line(text: str) -> bool:
+    return len(text.strip().splitlines()) == 1 and "Traceback" not in text
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    """A trusted CA with good and bad leaves, and a second CA nobody trusts."""
+    base = tmp_path_factory.mktemp("pki")
+    now = datetime.now(timezone.utc)
+    ca = pki.make_ca(base / "ca", "attest test CA")
+    other = pki.make_ca(base / "other", "untrusted CA")
+    return {
+        "ca": ca,
+        "good": pki.issue_leaf(ca, base / "good", san="eastus.metadata.azure.com"),
+        "untrusted": pki.issue_leaf(other, base / "untrusted", san="eastus.metadata.azure.com"),
+        "outside": pki.issue_leaf(ca, base / "outside", san="metadata.azure.com.example.net"),
+        "china": pki.issue_leaf(ca, base / "china", san="chinanorth2.metadata.azure.cn"),
+        "expired": pki.issue_leaf(ca, base / "expired", san="eastus.metadata.azure.com",
+                                  not_before=now - timedelta(days=30), not_after=now - timedelta(days=1)),
+        "future": pki.issue_leaf(ca, base / "future", san="eastus.metadata.azure.com",
+                                 not_before=now + timedelta(days=1), not_after=now + timedelta(days=30)),
+    }
+
+
+def attest(fake: FakeImds, ca: Path, *args: str):
+    return run_cli("attest", "--imds-url", fake.url, "--ca-file", str(ca), "--timeout", "20", *args)
+
+
+@pytest.fixture
+def signed_by(certs, document):
+    """A fake that signs with one of `certs`' leaves (stopped after the test)."""
+    fakes = []
+
+    def make(name: str, doc: dict | None = None) -> FakeImds:
+        fake = FakeImds(doc or document, attest_signer=certs[name]).start()
+        fakes.append(fake)
+        return fake
+    yield make
+    for fake in fakes:
+        fake.stop()
+
+
+def refused(done, check: str):
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert one_line(done.stderr), done.stderr
+    assert f"not verified: {check} check failed" in done.stderr, done.stderr
+    return done.stderr
+
+
+# -- verified -------------------------------------------------------------------------
+
+def test_the_fakes_own_document_verifies_with_its_ca_out(tmp_path, document):
+    """As the README shows it: fake-imds --ca-out, then attest --ca-file."""
+    ca = tmp_path / "fake-ca.pem"
+    with background("fake-imds", "--ca-out", str(ca)) as fake:
+        url = fake.stdout.readline().strip()
+        assert ca.read_text().startswith("-----BEGIN CERTIFICATE-----")  # written before the URL
+        done = run_cli("attest", "--imds-url", url, "--ca-file", str(ca), "--timeout", "20")
+    assert done.returncode == 0, done.stderr
+    compute = document["compute"]
+    assert done.stdout.startswith("attested document verified: signed by fake-imds.metadata.azure.com")
+    for name in ("vmId", "subscriptionId", "sku"):
+        assert f"{name}: {compute[name]}\n" in done.stdout
+    nonce = next(line for line in done.stdout.splitlines() if line.startswith("nonce: "))[7:]
+    assert nonce.isdigit() and len(nonce) == 10
+    assert "expiresOn: " in done.stdout and "createdOn: " in done.stdout
+
+
+def test_json_is_one_object_with_the_nonce_given(signed_by, certs, document):
+    fake = signed_by("good")
+    done = attest(fake, certs["ca"].cert, "--nonce", "0042", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["verified"] is True
+    assert result["signer"]["san"] == "eastus.metadata.azure.com"
+    assert result["claims"]["nonce"] == "0042"
+    assert result["claims"]["vmId"] == document["compute"]["vmId"]
+    assert result["claims"]["plan"] == {"name": "", "product": "", "publisher": ""}
+    query = [entry["query"] for entry in fake.requests if entry["path"] == "/metadata/attested/document"]
+    assert query == [{"api-version": "2021-08-01", "nonce": "0042"}]
+    assert any(entry["path"] == "/metadata/instance/compute" for entry in fake.requests)
+
+
+def test_a_sovereign_cloud_is_checked_against_its_own_domain(signed_by, certs, document):
+    document["compute"]["azEnvironment"] = "AzureChinaCloud"
+    assert attest(signed_by("china", document), certs["ca"].cert).returncode == 0
+    stderr = refused(attest(signed_by("good", document), certs["ca"].cert), "san")
+    assert "metadata.azure.cn" in stderr
+
+
+def test_a_missing_intermediate_is_fetched_from_the_issuer_url(tmp_path, document):
+    root = pki.make_ca(tmp_path / "root", "test root")
+    served = {}
+
+    class Issuer(BaseHTTPRequestHandler):
+        def do_GET(self):
+            served[self.path] = served.get(self.path, 0) + 1
+            body = pki.der_of(intermediate.cert)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    with loopback_server(Issuer) as issuer_url:
+        intermediate = pki.make_ca(tmp_path / "intermediate", "test intermediate", issuer=root)
+        leaf = pki.issue_leaf(intermediate, tmp_path / "leaf", san="westeurope.metadata.azure.com",
+                              ca_issuers_url=issuer_url + "/intermediate.crt")
+        with FakeImds(document, attest_signer=leaf) as fake:
+            done = attest(fake, root.cert)
+    assert done.returncode == 0, done.stderr
+    assert served == {"/intermediate.crt": 1}
+
+
+# -- refused: one line, the check named --------------------------------------------------
+
+def test_a_signature_that_is_not_base64(signed_by, certs):
+    fake = signed_by("good")
+    fake.attested.signature = "MIIE$$not-base64!!"
+    refused(attest(fake, certs["ca"].cert), "base64")
+
+
+def test_a_signature_that_is_not_pkcs7(signed_by, certs):
+    fake = signed_by("good")
+    fake.attested.signature = base64.b64encode(b"this is base64, but no PKCS#7 at all").decode()
+    refused(attest(fake, certs["ca"].cert), "pkcs7")
+
+
+def test_a_signature_that_does_not_verify_over_its_content(signed_by, certs):
+    der = bytearray(pki.sign(certs["good"], b'{"vmId": "x"}'))
+    der[-1] ^= 0x01  # the last byte of the signature value itself
+    fake = signed_by("good")
+    fake.attested.signature = base64.b64encode(bytes(der)).decode()
+    refused(attest(fake, certs["ca"].cert), "signature")
+
+
+def test_a_signer_from_an_untrusted_ca(signed_by, certs):
+    stderr = refused(attest(signed_by("untrusted"), certs["ca"].cert), "chain")
+    assert "--ca-file" in stderr
+
+
+def test_a_signer_whose_san_is_outside_the_domain(signed_by, certs):
+    stderr = refused(attest(signed_by("outside"), certs["ca"].cert), "san")
+    assert "metadata.azure.com.example.net" in stderr
+
+
+def test_an_expired_signer(signed_by, certs):
+    assert "expired" in refused(attest(signed_by("expired"), certs["ca"].cert), "validity")
+
+
+def test_a_signer_not_yet_valid(signed_by, certs):
+    assert "not valid before" in refused(attest(signed_by("future"), certs["ca"].cert), "validity")
+
+
+def test_a_wrong_nonce(signed_by, certs):
+    fake = signed_by("good")
+    fake.attested.claims = {"nonce": "1111111111"}
+    stderr = refused(attest(fake, certs["ca"].cert, "--nonce", "2222222222"), "nonce")
+    assert "'1111111111'" in stderr and "'2222222222'" in stderr
+
+
+def test_an_expired_document(signed_by, certs):
+    fake = signed_by("good")
+    fake.attested.claims = {"timeStamp": {"createdOn": "11/30/20 21:19:19 -0000",
+                                          "expiresOn": "11/30/20 21:19:24 -0000"}}
+    refused(attest(fake, certs["ca"].cert), "expiresOn")
+
+
+def test_a_vm_id_that_is_not_the_instances(signed_by, certs, document):
+    fake = signed_by("good")
+    fake.attested.claims = {"vmId": "02aab8a4-74ef-476e-8182-f6d2ba4166a6"}
+    stderr = refused(attest(fake, certs["ca"].cert), "vmId")
+    assert document["compute"]["vmId"] in stderr
+
+
+def test_content_that_is_not_json(signed_by, certs):
+    fake = signed_by("good")
+    fake.attested.content = b"vmId=6fce6ebb\x1b[31m"
+    stderr = refused(attest(fake, certs["ca"].cert), "content")
+    assert "\x1b" not in stderr and "\\x1b" in stderr
+
+
+# -- usage and IMDS ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("nonce", ["abc", "12345678901", "12 34", "１２３"])
+def test_a_nonce_that_is_not_up_to_ten_digits_is_a_usage_error(fake_imds, tmp_path, nonce):
+    done = run_cli("attest", "--imds-url", fake_imds.url, "--nonce", nonce, "--timeout", "5")
+    assert done.returncode == 2 and one_line(done.stderr), done.stderr
+    assert fake_imds.count("/metadata/") == 0
+
+
+def test_imds_unreachable_is_exit_3(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = run_cli("attest", "--imds-url", f"http://127.0.0.1:{port}", "--timeout", "1")
+    assert done.returncode == 3, done.stderr
+    assert one_line(done.stderr), done.stderr
