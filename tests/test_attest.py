@@ -219,3 +219,15 @@ def test_imds_unreachable_is_exit_3(tmp_path):
     done = run_cli("attest", "--imds-url", f"http://127.0.0.1:{port}", "--timeout", "1")
     assert done.returncode == 3, done.stderr
     assert one_line(done.stderr), done.stderr
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """pyproject lists packages by name: a new one left out installs without it (the
+    bench's regular install of this tree failed so: no bootagent.attest)."""
+    import tomllib
+
+    from conftest import REPO
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(REPO).parts) for init in (REPO / "bootagent").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

@@ -1,6 +1,8 @@
 """FakeImds: a local IMDS, identity endpoint and wireserver on one loopback port.
 
-It behaves as the IMDS documentation says (see ``imds.py``), plays the
+It behaves as the IMDS documentation says (see ``imds.py``; the attested, scheduled
+events and load balancer categories in ``attested.py``, ``scheduled.py`` and
+``loadbalancer.py``, under the instance's header, rate and fault rules), plays the
 platform's side of managed identity and Azure Arc (``identity.py``) and of the
 report-ready handshake (``wireserver.py``), logs every request as one JSON
 line, and injects the failures of a fault plan (``faults.py`` draws the
