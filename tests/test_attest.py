@@ -203,6 +203,23 @@ def test_content_that_is_not_json(signed_by, certs):
     assert "\x1b" not in stderr and "\\x1b" in stderr
 
 
+def test_the_fake_command_signs_with_a_given_certificate(certs):
+    """--attest-cert/--attest-key: a verifier's tests serve a bad signer from the shell."""
+    expired = certs["expired"]
+    with background("fake-imds", "--attest-cert", str(expired.cert), "--attest-key", str(expired.key)) as fake:
+        url = fake.stdout.readline().strip()
+        done = run_cli("attest", "--imds-url", url, "--ca-file", str(certs["ca"].cert), "--timeout", "20")
+    refused(done, "validity")
+
+
+def test_the_fake_refuses_ca_out_beside_a_given_signer(certs, tmp_path):
+    good = certs["good"]
+    done = run_cli("fake-imds", "--attest-cert", str(good.cert), "--attest-key", str(good.key),
+                   "--ca-out", str(tmp_path / "ca.pem"))
+    assert done.returncode == 2 and "--ca-out" in done.stderr and done.stdout == ""
+    assert not (tmp_path / "ca.pem").exists()
+
+
 # -- usage and IMDS ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("nonce", ["abc", "12345678901", "12 34", "１２３"])
