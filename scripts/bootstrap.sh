@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(passwd openssh-client python3-venv libsystemd-dev pkg-config)
+packages=(passwd openssh-client python3-venv libsystemd-dev pkg-config openssl)
 if [ "${1:-}" = "--full" ]; then
     packages+=(qemu-system-x86 qemu-utils mmdebstrap socat e2fsprogs packer openssh-server)
 fi
