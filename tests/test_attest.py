@@ -135,6 +135,22 @@ def test_a_missing_intermediate_is_fetched_from_the_issuer_url(tmp_path, documen
     assert served == {"/intermediate.crt": 1}
 
 
+def test_a_relative_ca_file_is_the_callers(signed_by, certs, tmp_path):
+    """openssl runs in a scratch directory: the path is taken where the user gave it."""
+    import shutil
+    import subprocess
+
+    from conftest import BOOTAGENT, plain_env
+
+    shutil.copy(certs["ca"].cert, tmp_path / "ca.pem")
+    fake = signed_by("good")
+    done = subprocess.run([BOOTAGENT, "attest", "--imds-url", fake.url, "--ca-file", "ca.pem"],
+                          cwd=tmp_path, env=plain_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    missing = run_cli("attest", "--imds-url", fake.url, "--ca-file", str(tmp_path / "nope.pem"))
+    assert missing.returncode == 2 and one_line(missing.stderr)
+
+
 # -- refused: one line, the check named --------------------------------------------------
 
 def test_a_signature_that_is_not_base64(signed_by, certs):

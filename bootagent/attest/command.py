@@ -32,8 +32,11 @@ def attest(ctx, *, nonce: str | None = None, ca_file: str | None = None) -> dict
         nonce = checks.check_nonce_option(nonce) if nonce is not None else f"{secrets.randbelow(10 ** 10):010d}"
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if ca_file is not None and not Path(ca_file).is_file():
-        raise UsageError(f"--ca-file {quoted(ca_file)} is not a file; give a PEM file of trusted certificates")
+    if ca_file is not None:
+        if not Path(ca_file).is_file():
+            raise UsageError(f"--ca-file {quoted(ca_file)} is not a file; give a PEM file of trusted "
+                             "certificates")
+        ca_file = str(Path(ca_file).resolve())  # openssl runs in the scratch directory
     http = Http(ctx.clock, ctx.sleep)
     compute, body = _fetch(ctx, http, nonce)
     signature = _signature_of(body)
