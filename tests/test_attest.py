@@ -245,6 +245,16 @@ def test_a_nonce_that_is_not_up_to_ten_digits_is_a_usage_error(fake_imds, tmp_pa
     assert fake_imds.count("/metadata/") == 0
 
 
+def test_an_answer_that_is_no_attested_document_is_exit_3(document, certs):
+    """A captive portal's page where the document should be: IMDS was not had."""
+    # the plan's first item answers the compute request with the compute section (what it
+    # asked for anyway), the second answers the attested request with an HTML page
+    with FakeImds(document, faults="notdoc,html", rate_limit=0) as fake:
+        done = attest(fake, certs["ca"].cert)
+    assert done.returncode == 3, done.stderr
+    assert one_line(done.stderr) and "no attested document" in done.stderr, done.stderr
+
+
 def test_imds_unreachable_is_exit_3(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -70,8 +70,10 @@ def _signature_of(body: bytes) -> bytes:
     except (ValueError, UnicodeDecodeError):
         document = None
     if not isinstance(document, dict) or not isinstance(document.get("signature"), str):
-        raise NotVerified("document", f"the attested document is not JSON with a signature: "
-                          f"{quoted(body[:60].decode('utf-8', 'replace'))}", "check the IMDS URL")
+        # a captive portal's page, a proxy's error: no attested document was had (exit 3)
+        raise ImdsUnavailable(f"IMDS answered no attested document (JSON with a signature) but "
+                              f"{quoted(body[:60].decode('utf-8', 'replace'))}; check the URL with "
+                              "`bootagent doctor`")
     if str(document.get("encoding", "pkcs7")).lower() != "pkcs7":
         raise NotVerified("encoding", f"the document's encoding is {quoted(document.get('encoding'))}, "
                           "not pkcs7", "this agent verifies PKCS#7 documents only")
