@@ -222,7 +222,8 @@ def test_content_that_is_not_json(signed_by, certs):
 def test_the_fake_command_signs_with_a_given_certificate(certs):
     """--attest-cert/--attest-key: a verifier's tests serve a bad signer from the shell."""
     expired = certs["expired"]
-    with background("fake-imds", "--attest-cert", str(expired.cert), "--attest-key", str(expired.key)) as fake:
+    with background("fake-imds", "--attest-cert", str(expired.cert),
+                    "--attest-key", str(expired.key)) as fake:
         url = fake.stdout.readline().strip()
         done = run_cli("attest", "--imds-url", url, "--ca-file", str(certs["ca"].cert), "--timeout", "20")
     refused(done, "validity")
@@ -272,5 +273,6 @@ def test_every_subpackage_ships_in_the_wheel():
     from conftest import REPO
 
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(init.parent.relative_to(REPO).parts) for init in (REPO / "bootagent").rglob("__init__.py")}
+    found = {".".join(init.parent.relative_to(REPO).parts)
+             for init in (REPO / "bootagent").rglob("__init__.py")}
     assert found <= listed, sorted(found - listed)

@@ -29,7 +29,8 @@ def attest(ctx, *, nonce: str | None = None, ca_file: str | None = None) -> dict
     """The verified claims and the signer, or NotVerified naming the failed check; IMDS
     that cannot be had is ImdsUnavailable (exit 3)."""
     try:
-        nonce = checks.check_nonce_option(nonce) if nonce is not None else f"{secrets.randbelow(10 ** 10):010d}"
+        nonce = (checks.check_nonce_option(nonce) if nonce is not None
+                 else f"{secrets.randbelow(10 ** 10):010d}")
     except ValueError as err:
         raise UsageError(str(err)) from None
     if ca_file is not None:

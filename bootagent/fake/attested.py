@@ -85,12 +85,15 @@ class AttestedEndpoint:
         now = datetime.now(timezone.utc)
         claims = claims_of(document, nonce or f"{now:%Y%m%d-%H%M%S}", query["api-version"], now)
         claims.update(self.claims)
-        self.prepare(document)
         if self.signature is not None:
             signature = self.signature
         else:
+            self.prepare(document)
+            signer = self.signer
+            if signer is None:  # cleaned up by a stop() racing this request
+                return error_reply(503, "Service unavailable")
             content = self.content if self.content is not None else compact_json(claims)
-            signature = base64.b64encode(pki.sign(self.signer, content)).decode("ascii")
+            signature = base64.b64encode(pki.sign(signer, content)).decode("ascii")
         return json_reply(200, {"encoding": "pkcs7", "signature": signature})
 
 

@@ -170,7 +170,8 @@ def _announce(fake) -> None:
     if fake.attested.ca_cert is not None:
         lines.append("fake-imds: attested documents signed by a test CA made at start")
     if fake.scheduled.events:
-        lines.append("fake-imds: scheduled events " + ", ".join(e["EventType"] for e in fake.scheduled.events))
+        kinds = ", ".join(event["EventType"] for event in fake.scheduled.events)
+        lines.append(f"fake-imds: scheduled events {kinds}")
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
