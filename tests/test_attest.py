@@ -276,3 +276,32 @@ def test_every_subpackage_ships_in_the_wheel():
     found = {".".join(init.parent.relative_to(REPO).parts)
              for init in (REPO / "bootagent").rglob("__init__.py")}
     assert found <= listed, sorted(found - listed)
+
+
+def test_the_fake_serves_the_rest_without_openssl(tmp_path, document):
+    """A machine without openssl still gets its fake IMDS (attested data answers 500);
+    --ca-out there is a usage error, not a missing file."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import plain_env
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    os.symlink(sys.executable, bin_dir / "python3")
+    env = {**plain_env(), "PATH": str(bin_dir)}
+    command = [sys.executable, "-m", "bootagent.fake"]
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as fake:
+        try:
+            url = fake.stdout.readline().strip()
+            done = run_cli("metadata", "--imds-url", url, "compute/vmId", "--format", "text")
+            assert done.returncode == 0 and done.stdout.strip() == document["compute"]["vmId"]
+        finally:
+            fake.terminate()
+        assert "no attested documents" in fake.communicate(timeout=10)[1]
+    refused_start = subprocess.run([*command, "--ca-out", str(tmp_path / "ca.pem")], env=env,
+                                   capture_output=True, text=True, timeout=60)
+    assert refused_start.returncode == 2 and "openssl" in refused_start.stderr
+    assert refused_start.stdout == ""
