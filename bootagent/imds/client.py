@@ -13,10 +13,13 @@ from urllib.parse import quote
 from bootagent.errors import DocumentError, HttpError, ImdsUnavailable
 from bootagent.http import Http, Response, RetryLater
 from bootagent.imds.document import Instance, parse_body
-from bootagent.imds.versions import CATEGORY_VERSIONS, SUPPORTED_API_VERSIONS, newest_supported, version_for
+from bootagent.imds.versions import (CATEGORY_VERSIONS, SUPPORTED_API_VERSIONS, newest_supported,
+                                     version_for)
 
 HEADERS = {"Metadata": "true"}
 ARC_URL_HINT = "on Azure Arc check that the Arc agent runs (IMDS_ENDPOINT)"
+# the categories `metadata --endpoint` reads beside the instance (cli.py holds a copy: it
+# must not import this module to parse its options)
 ENDPOINTS = ("loadbalancer", "scheduledevents", "versions", "attested/document")
 PATH_HINT = ("check the path (`bootagent metadata compute --format text` lists the names under "
              "compute); a single value needs --format text")
@@ -49,15 +52,9 @@ class ImdsClient:
 
     def fetch_path(self, path: str, fmt: str, deadline: float) -> bytes:
         """One sub-path as IMDS serves it (route filtering), for `bootagent metadata`."""
-        def accept(answer: Response) -> bytes:
-            if answer.status != 200:
-                raise HttpError(f"IMDS answered HTTP {answer.status} for {answer.url}: "
-                                f"{_error_text(answer.body)}", status=answer.status, body=answer.body)
-            return answer.body
-
         target = "instance/" + path.strip("/") if path.strip("/") else "instance"
         # IMDS answered, and refused this path: exit 1, not 3 (IMDS could not be had)
-        return self._with_version_fallback(lambda: self.url(target, format=fmt), accept, deadline,
+        return self._with_version_fallback(lambda: self.url(target, format=fmt), _body_when_ok, deadline,
                                            f"fetching {target}", PATH_HINT, refused_exit=1)
 
     def fetch_endpoint(self, endpoint: str, deadline: float, *, since: str = "", **query: str) -> bytes:
@@ -65,15 +62,13 @@ class ImdsClient:
         own api-version (SPEC "Every IMDS endpoint"); a 400 naming `newest-versions` is
         answered once with the newest of those the category documents."""
         category = endpoint.split("/")[0]
-        if category == "versions":  # unversioned
-            def make_url():
-                return f"{self.base_url}/metadata/versions"
-            client = self
-        else:
-            client = ImdsClient(self.http, self.base_url, version_for(category, self.api_version, since))
+        client = (self if category == "versions"
+                  else ImdsClient(self.http, self.base_url, version_for(category, self.api_version, since)))
 
-            def make_url():
-                return client.url(endpoint, **query)
+        def make_url() -> str:
+            if category == "versions":  # unversioned
+                return f"{self.base_url}/metadata/versions"
+            return client.url(endpoint, **query)
         return client._with_version_fallback(
             make_url, _body_when_ok, deadline, f"fetching {endpoint}", "check the endpoint and the URL",
             refused_exit=1, supported=CATEGORY_VERSIONS.get(category, SUPPORTED_API_VERSIONS), since=since)
