@@ -305,3 +305,11 @@ def test_the_fake_serves_the_rest_without_openssl(tmp_path, document):
                                    capture_output=True, text=True, timeout=60)
     assert refused_start.returncode == 2 and "openssl" in refused_start.stderr
     assert refused_start.stdout == ""
+
+
+def test_attest_without_openssl_says_so_in_one_line(signed_by, certs, tmp_path):
+    fake = signed_by("good")
+    done = run_cli("attest", "--imds-url", fake.url, "--ca-file", str(certs["ca"].cert),
+                   env={"PATH": str(tmp_path)})
+    assert done.returncode == 1 and one_line(done.stderr), done.stderr
+    assert "openssl command is not installed" in done.stderr
