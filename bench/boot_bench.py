@@ -11,6 +11,8 @@ rounds), so that drift of the machine touches all of them alike:
     later        bootagent run again on that root: nothing to do
     status       bootagent status
     metadata     bootagent metadata compute/vmId --format text
+    attest       bootagent attest --ca-file CA: two IMDS requests, the fake signs with its
+                 test CA, four openssl runs verify (its own row; no budget)
     first+hk     a first boot whose root has an sshd_config and a DMI UUID: three new
                  host keys made beside the fetch (no budget of its own: see README)
 
@@ -47,6 +49,7 @@ LABELS = {
     "later": "run, later boot (nothing to do)",
     "status": "status",
     "metadata": "metadata compute/vmId --format text",
+    "attest": "attest --ca-file (verified)",
     "first+hk": "run, first boot + 3 host keys",
 }
 class Bench:
@@ -83,7 +86,7 @@ class Bench:
 
 
 def main_rounds(bench: Bench, pool: FakePool, floor: list[str], anchor: str | None, rounds: int,
-                host_keys: bool) -> None:
+                host_keys: bool, attest_pool: FakePool | None = None) -> None:
     root = bench.workdir / "root"
     hk_root = bench.workdir / "root-hk"
 
@@ -107,7 +110,12 @@ def main_rounds(bench: Bench, pool: FakePool, floor: list[str], anchor: str | No
             make_root(hk_root, host_keys=True)
             bench.run("first+hk", bench.boot(hk_root), pool, rec)
 
-    blocks = [floor_block, anchor_block, ours_block, host_keys_block]
+    def attest_block(rec):
+        if attest_pool:
+            bench.run("attest", lambda url: [bench.bootagent, "attest", "--root", str(root), "--imds-url",
+                                             url, "--ca-file", attest_pool.ca_for(url)], attest_pool, rec)
+
+    blocks = [floor_block, anchor_block, ours_block, host_keys_block, attest_block]
     for block in blocks:  # warm-up: page cache and pyc files, not recorded
         block(False)
     for number in range(rounds):
@@ -210,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(bootagent, workdir)
     small = FakePool(bootagent, workdir, "imds")
     many = FakePool(bootagent, workdir, "imds-100keys", many_keys_document(100))
+    attested = FakePool(bootagent, workdir, "imds-attest", runs_per_second=2, with_ca=True)
     try:
-        main_rounds(bench, small, floor, anchor, args.rounds, not args.no_host_keys)
+        main_rounds(bench, small, floor, anchor, args.rounds, not args.no_host_keys, attested)
         anchor_median = statistics.median(bench.samples["anchor"].times) if anchor else None
         anchor_cpu = statistics.median(bench.samples["anchor"].cpu) if anchor else None
         report = {"machine": machine(), "bootagent": bootagent,
@@ -234,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         small.stop()
         many.stop()
+        attested.stop()
         bench.launcher.close()
         bench.output.close()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -97,10 +97,14 @@ def many_keys_document(count: int) -> dict:
 class Fake:
     """`bootagent fake-imds` in a process of its own, its request log in a file."""
 
-    def __init__(self, bootagent: str, workdir: Path, name: str, document: dict | None = None):
+    def __init__(self, bootagent: str, workdir: Path, name: str, document: dict | None = None,
+                 with_ca: bool = False):
         self.log = workdir / f"{name}-requests.jsonl"
         self.used: list[float] = []
         argv = [bootagent, "fake-imds", "--port", "0", "--log", str(self.log)]
+        self.ca = workdir / f"{name}-ca.pem" if with_ca else None  # its test CA, for attest
+        if self.ca:
+            argv += ["--ca-out", str(self.ca)]
         if document is not None:
             doc_path = workdir / f"{name}-document.json"
             doc_path.write_text(json.dumps(document))
@@ -128,18 +132,25 @@ class FakePool:
     enforces it; the bench asks faster than that, so each run gets a fake that has served
     fewer than 4 runs in the last second (another is started when none has)."""
 
-    def __init__(self, bootagent: str, workdir: Path, name: str, document: dict | None = None):
+    def __init__(self, bootagent: str, workdir: Path, name: str, document: dict | None = None,
+                 runs_per_second: int = 4, with_ca: bool = False):
         self.args = (bootagent, workdir, name, document)
+        self.runs_per_second = runs_per_second  # 2 for attest: two requests a run
+        self.with_ca = with_ca
         self.fakes: list[Fake] = []
+
+    def ca_for(self, url: str) -> str:
+        """The test CA of the pool's fake at `url` (a pool made with_ca)."""
+        return str(next(fake.ca for fake in self.fakes if fake.url == url))
 
     def get(self) -> Fake:
         now = time.monotonic()
         for fake in self.fakes:
-            if sum(1 for t in fake.used if t > now - 1.1) < 4:
+            if sum(1 for t in fake.used if t > now - 1.1) < self.runs_per_second:
                 break
         else:
             bootagent, workdir, name, document = self.args
-            fake = Fake(bootagent, workdir, f"{name}-{len(self.fakes)}", document)
+            fake = Fake(bootagent, workdir, f"{name}-{len(self.fakes)}", document, with_ca=self.with_ca)
             self.fakes.append(fake)
         fake.used = [t for t in fake.used if t > now - 1.1] + [now]
         return fake

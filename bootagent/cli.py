@@ -11,6 +11,8 @@ import sys
 from bootagent import __version__
 from bootagent.errors import BootagentError, UsageError
 
+# `metadata --endpoint`: the IMDS categories beside the instance (bootagent.imds.client.ENDPOINTS)
+ENDPOINTS = ("loadbalancer", "scheduledevents", "versions", "attested/document")
 ROOT_HELP = "provision the tree under DIR instead of / (default /)"
 # Every command's options, read by argparse and by the fast path alike:
 # (option, kind, default, help); kind is "str", "float", "flag" or a tuple of choices.
@@ -37,6 +39,14 @@ COMMAND_OPTIONS = {
         ("--format", ("json", "text"), None, "json (default) or text (needed for leaves)"),
         ("--imds-url", "str", None, "IMDS base URL, or auto"),
         ("--timeout", "float", None, "seconds to keep trying (default imds.timeout)"),
+        ("--endpoint", ENDPOINTS, None, "read another IMDS category instead of the instance (no PATH)"),
+    ]),
+    "attest": ("verify this VM's attested document (signed by Azure) and print its claims", [
+        ("--nonce", "str", None, "the nonce to ask for: 1 to 10 digits (default: 10 random digits)"),
+        ("--ca-file", "str", None, "PEM file of trusted CAs and intermediates, beside the system's store"),
+        ("--imds-url", "str", None, "IMDS base URL, or auto"),
+        ("--timeout", "float", None, "seconds to keep trying IMDS (default imds.timeout)"),
+        ("--json", "flag", False, "print the verified claims as one JSON object"),
     ]),
     "doctor": ("check the way to IMDS and the platform, one line per check", [
         ("--imds-url", "str", None, "IMDS base URL, or auto"),
@@ -209,6 +219,8 @@ def cmd_metadata(args) -> int:
     from bootagent.imds.client import ImdsClient
 
     ctx = _context(args)
+    if getattr(args, "endpoint", None):
+        return _metadata_endpoint(ctx, args)
     fmt = args.format or "json"
     client = ImdsClient(Http(ctx.clock, ctx.sleep), ctx.imds_url, ctx.config.imds.api_version)
     body = client.fetch_path(args.path, fmt, ctx.deadline)
@@ -221,6 +233,37 @@ def cmd_metadata(args) -> int:
         text = body.decode("utf-8", "replace")
         text = text if text.endswith("\n") else text + "\n"
     sys.stdout.write(text)
+    return 0
+
+
+def _metadata_endpoint(ctx, args) -> int:
+    """`metadata --endpoint CATEGORY`: that category as IMDS served it, JSON pretty-printed."""
+    from bootagent.http import Http
+    from bootagent.imds.client import ImdsClient
+
+    if args.path:
+        raise UsageError(f"PATH is a sub-path of /metadata/instance; give either PATH or --endpoint "
+                         f"{args.endpoint}, not both")
+    if args.format == "text":
+        raise UsageError(f"--endpoint {args.endpoint} is served as JSON only; leave out --format text")
+    client = ImdsClient(Http(ctx.clock, ctx.sleep), ctx.imds_url, ctx.config.imds.api_version)
+    body = client.fetch_endpoint(args.endpoint, ctx.deadline)
+    try:
+        text = json.dumps(json.loads(body), indent=2) + "\n"
+    except ValueError:
+        text = body.decode("utf-8", "replace")
+    sys.stdout.write(text)
+    return 0
+
+
+def cmd_attest(args) -> int:
+    """The attested document, verified (exit 0), refused naming the check (1), or IMDS
+    not to be had (3). The only command that runs openssl."""
+    from bootagent.attest.command import attest, report
+
+    ctx = _context(args)
+    result = attest(ctx, nonce=args.nonce, ca_file=args.ca_file)
+    sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.json else report(result))
     return 0
 
 
@@ -262,6 +305,7 @@ def cmd_fake_imds(args) -> int:
 
 COMMANDS = {"run": cmd_run, "status": cmd_status, "clean": cmd_clean, "metadata": cmd_metadata,
             "doctor": cmd_doctor, "host-keys": cmd_host_keys, "fake-imds": cmd_fake_imds}
+COMMANDS["attest"] = cmd_attest
 
 
 def main(argv: list[str] | None = None) -> int:

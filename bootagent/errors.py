@@ -6,8 +6,9 @@
     ├── DocumentError (3)         a body that is not an instance document (exit 2 for --metadata-file)
     ├── ImdsUnavailable (3)       no instance document before the deadline
     ├── HttpError (1)             one HTTP exchange went wrong (status, size, connection)
-    └── StepError (1)             a provisioning step could not do its job
-        └── UnsafePath (1)        a path leaves the root or passes through a symlink
+    ├── StepError (1)             a provisioning step could not do its job
+    │   └── UnsafePath (1)        a path leaves the root or passes through a symlink
+    └── NotVerified (1)           an attested document failed a check (`bootagent attest`)
 
 Only `cli.py` turns these into exit codes and printed lines; nothing below it exits.
 """
@@ -61,3 +62,11 @@ class StepError(BootagentError):
 
 class UnsafePath(StepError):
     pass
+
+
+class NotVerified(BootagentError):
+    """An attested document that failed one check; `check` names it (`bootagent attest`)."""
+
+    def __init__(self, check: str, detail: str, hint: str):
+        super().__init__(f"attested document not verified: {check} check failed: {detail}; {hint}")
+        self.check = check

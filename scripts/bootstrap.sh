@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# systemd (its systemd-networkd) and netplan.io read the network step's files in the tests
-packages=(passwd openssh-client python3-venv libsystemd-dev pkg-config systemd netplan.io)
+# systemd (its systemd-networkd) and netplan.io read the network step's files in the tests;
+# openssl verifies and signs attested documents
+packages=(passwd openssh-client python3-venv libsystemd-dev pkg-config systemd netplan.io openssl)
 if [ "${1:-}" = "--full" ]; then
     packages+=(qemu-system-x86 qemu-utils mmdebstrap socat e2fsprogs packer openssh-server)
 fi

@@ -118,7 +118,7 @@ def test_duplicate_query_parameter_is_refused(fake):
 def test_unknown_paths_are_404(fake):
     assert instance(fake, "/compute/noSuchField").status == 404
     assert instance(fake, "/network/interface/7").status == 404
-    assert call(fake, "/metadata/attested/document?api-version=2020-09-01", META).status == 404
+    assert call(fake, "/metadata/attested/other?api-version=2020-09-01", META).status == 404
     assert call(fake, "/", META).status == 404
 
 

@@ -111,6 +111,21 @@ def test_status_imports_no_http_client_and_no_jinja_or_yaml(provisioned):
     assert loaded(modules, NEVER_ON_STATUS) == []
 
 
+def test_run_status_and_metadata_import_nothing_of_attest(provisioned, fake_imds):
+    """attest's openssl runner and checks cost the other commands nothing: no import of
+    bootagent.attest, and no subprocess for metadata (run's steps may spawn their tools)."""
+    url = fake_imds.url
+    for argv in (("run", "--root", str(provisioned), "--imds-url", url, "--timeout", "30"),
+                 ("status", "--root", str(provisioned)),
+                 ("metadata", "--root", str(provisioned), "--imds-url", url, "compute/vmId", "--format", "text"),
+                 ("metadata", "--root", str(provisioned), "--imds-url", url, "--endpoint", "scheduledevents")):
+        code, modules = modules_after(*argv)
+        assert code == 0, argv
+        assert loaded(modules, ("bootagent.attest", "bootagent.fake")) == [], argv
+        if argv[0] != "run":
+            assert loaded(modules, ("subprocess",)) == [], argv
+
+
 def test_a_changed_config_is_parsed_again_and_a_changed_tag_rendered_again(provisioned, fake_imds):
     """The caches that keep Jinja and PyYAML off a later boot are keyed by what they stand
     for: new config bytes import yaml again, a new tag value renders again."""
@@ -134,7 +149,8 @@ TOKENS = ["run", "status", "clean", "metadata", "doctor", "fake-imds", "--root",
           "--imds-url", "http://127.0.0.1:1", "--imds", "--timeout", "5", "-5", "1e3", "x", "nan",
           "--timeout=7", "--root=", "--json", "--json=1", "--dry-run", "--wait", "--logs",
           "--machine-id", "--ssh-host-keys", "--metadata-file", "--config", "--format", "text",
-          "json", "xml", "--format=text", "compute/vmId", "", "--", "-h", "--help", "-", "--version"]
+          "json", "xml", "--format=text", "compute/vmId", "", "--", "-h", "--help", "-", "--version",
+          "attest", "--nonce", "0042", "--ca-file", "--endpoint", "loadbalancer", "attested/document"]
 
 
 def argparse_result(argv: list[str]) -> dict | None:
@@ -157,6 +173,7 @@ def test_the_fast_path_gives_what_argparse_gives(argv):
     ["run", "--metadata-file", "doc.json", "--dry-run", "--config=/etc/x.yaml"],
     ["status"], ["status", "--wait", "--timeout", "120", "--json"], ["clean", "--logs", "--machine-id"],
     ["metadata", "compute/vmId", "--format", "text"], ["metadata"], ["doctor", "--json"],
+    ["metadata", "--endpoint", "scheduledevents"], ["attest", "--nonce", "0042", "--ca-file", "ca.pem", "--json"],
 ])
 def test_the_boot_path_invocations_take_the_fast_path(argv):
     fast = cli._fast_parse(argv)

@@ -9,12 +9,16 @@ import argparse
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from .faults import FaultPlanError
+from .pki import Issued, PkiError
 from .imds import load_document
+from .scheduled import EVENT_TYPES
 
 FAKE_IMDS_HELP = (
-    "Serve a local Azure IMDS (instance metadata, api-versions, managed-identity "
+    "Serve a local Azure IMDS (instance metadata, attested data signed by a test CA, "
+    "scheduled events, load balancer, api-versions, managed-identity "
     "tokens) and wireserver (goal state, health reports) on one port, behaving as "
     "the IMDS documentation says, to test images and templates without Azure. The "
     "URL it listens on is the first line of its output; each request is logged as "
@@ -54,6 +58,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--rate-limit", type=int, default=5, metavar="N",
                         help="requests per second to /metadata/* before 429 "
                              "(default 5, as IMDS; 0 disables)")
+    parser.add_argument("--ca-out", metavar="FILE",
+                        help="write the test CA that signs attested documents to FILE (PEM), "
+                             "for `bootagent attest --ca-file FILE`")
+    parser.add_argument("--event", action="append", default=[], metavar="TYPE",
+                        choices=sorted(EVENT_TYPES),
+                        help="a scheduled event to serve (repeatable): " + ", ".join(EVENT_TYPES))
+    parser.add_argument("--attest-cert", metavar="FILE",
+                        help="testing verifiers: sign attested documents with this certificate "
+                             "(PEM) instead of the test CA's leaf; needs --attest-key")
+    parser.add_argument("--attest-key", metavar="FILE", help="the --attest-cert's private key (PEM)")
+    parser.add_argument("--attest-chain", metavar="FILE",
+                        help="intermediates (PEM) to send along with --attest-cert")
     return parser
 
 
@@ -71,15 +87,23 @@ def serve(args: argparse.Namespace) -> int:
     from .server import FakeImds  # here: server.py imports this module
 
     try:
+        signer = _attest_signer(args)
         fake = FakeImds(_document_from(args), faults=getattr(args, "fault", None),
                         host=getattr(args, "host", "127.0.0.1"), port=getattr(args, "port", 0),
                         identity=not getattr(args, "no_identity", False),
                         arc=getattr(args, "arc", False),
                         arc_tokens_dir=getattr(args, "arc_tokens_dir", None),
                         log_path=getattr(args, "log", None),
-                        rate_limit=getattr(args, "rate_limit", 5))
+                        rate_limit=getattr(args, "rate_limit", 5),
+                        events=getattr(args, "event", None) or (), attest_signer=signer)
     except (ValueError, FaultPlanError) as exc:
         return _usage_error(str(exc))
+    try:
+        _prepare_attested(fake, getattr(args, "ca_out", None))
+    except (OSError, PkiError) as exc:
+        fake.stop()
+        return _usage_error(str(exc) if isinstance(exc, PkiError)
+                            else f"--ca-out {exc.filename}: {exc.strerror or exc}")
     try:
         fake.start()
     except OSError as exc:
@@ -104,6 +128,36 @@ def _document_from(args) -> dict | None:
     return load_document(path) if path else None
 
 
+def _attest_signer(args) -> Issued | None:
+    """The test-only signer of --attest-cert/--attest-key/--attest-chain, if given."""
+    cert, key, chain = (getattr(args, name, None) for name in ("attest_cert", "attest_key", "attest_chain"))
+    if not cert and not key and not chain:
+        return None
+    if not (cert and key):
+        raise ValueError("--attest-cert and --attest-key go together")
+    if getattr(args, "ca_out", None):
+        raise ValueError("--ca-out writes the fake's own test CA, which --attest-cert replaces")
+    for option, path in (("--attest-cert", cert), ("--attest-key", key), ("--attest-chain", chain)):
+        if path and not Path(path).is_file():
+            raise ValueError(f"{option} {path}: no such file")
+    return Issued(cert, key, chain)
+
+
+def _prepare_attested(fake, ca_out: str | None) -> None:
+    """Make the test CA at start (the command serves at once what it announces) and write
+    its certificate where --ca-out says, before the URL is printed."""
+    try:
+        fake.attested.prepare(fake.document)
+    except PkiError as exc:
+        if ca_out:
+            raise
+        # without openssl everything else still serves; attested requests answer 500
+        print(f"fake-imds: no attested documents: {exc}", file=sys.stderr, flush=True)
+        return
+    if ca_out and fake.attested.ca_cert is not None:
+        Path(ca_out).write_bytes(fake.attested.ca_cert.read_bytes())
+
+
 def _usage_error(message: str) -> int:
     print(f"bootagent fake-imds: {message}", file=sys.stderr, flush=True)
     return 2
@@ -120,6 +174,11 @@ def _announce(fake) -> None:
         lines.append(f"fake-imds: fault plan {fake.plan.text}")
     if fake.log_path:
         lines.append(f"fake-imds: logging requests to {fake.log_path}")
+    if fake.attested.ca_cert is not None:
+        lines.append("fake-imds: attested documents signed by a test CA made at start")
+    if fake.scheduled.events:
+        kinds = ", ".join(event["EventType"] for event in fake.scheduled.events)
+        lines.append(f"fake-imds: scheduled events {kinds}")
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 

@@ -128,7 +128,10 @@ def instance_reply(request: Request, document: dict, versions: tuple[str, ...]) 
 
 
 def document_for_version(document: dict, version: str) -> dict:
-    """The document as that api-version shows it (no userData before 2021-01-01)."""
+    """The document as that api-version shows it (no userData before 2021-01-01); the
+    file's `loadbalancer` key is the load-balancer category's, never the instance's."""
+    if "loadbalancer" in document:
+        document = {key: value for key, value in document.items() if key != "loadbalancer"}
     compute = document.get("compute")
     if version >= USERDATA_SINCE or not isinstance(compute, dict) or "userData" not in compute:
         return document

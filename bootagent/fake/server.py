@@ -1,6 +1,8 @@
 """FakeImds: a local IMDS, identity endpoint and wireserver on one loopback port.
 
-It behaves as the IMDS documentation says (see ``imds.py``), plays the
+It behaves as the IMDS documentation says (see ``imds.py``; the attested, scheduled
+events and load balancer categories in ``attested.py``, ``scheduled.py`` and
+``loadbalancer.py``, under the instance's header, rate and fault rules), plays the
 platform's side of managed identity and Azure Arc (``identity.py``) and of the
 report-ready handshake (``wireserver.py``), logs every request as one JSON
 line, and injects the failures of a fault plan (``faults.py`` draws the
@@ -22,16 +24,20 @@ import time
 from collections import deque
 
 from . import imds
+from .attested import ATTESTED_PATH, AttestedEndpoint
 from .command import FAKE_IMDS_HELP, add_arguments, main, serve  # noqa: F401 - API
 from .faults import Fault, FaultPlan
 from .identity import IDENTITY_PATH, ArcChallenge, IdentityEndpoint
 from .imds import default_document  # noqa: F401 - part of this module's API
+from .loadbalancer import LOADBALANCER_PATH, loadbalancer_reply
 from .messages import (HTML_TYPE, JSON_TYPE, Reply, Request, error_reply, html_error_page,
                        json_reply, phrase)
+from .scheduled import SCHEDULED_EVENTS_PATH, ScheduledEvents
 from .transport import FakeHTTPServer
 from .wireserver import Wireserver, error_xml, goal_state_of
 
 REPLACING_FAULTS = ("status", "html", "big", "hang", "reset")
+CATEGORY_PATHS = (ATTESTED_PATH, SCHEDULED_EVENTS_PATH, LOADBALANCER_PATH)
 
 
 class RateLimiter:
@@ -60,7 +66,8 @@ class FakeImds:
     def __init__(self, document: dict | None = None, *, faults: str | None = None,
                  host: str = "127.0.0.1", port: int = 0, identity: bool = True,
                  arc: bool = False, arc_tokens_dir: str | None = None,
-                 log_path: str | None = None, rate_limit: int = 5):
+                 log_path: str | None = None, rate_limit: int = 5, events=(),
+                 attest_signer=None):
         self._lock = threading.Lock()
         self._document = document if document is not None else default_document(arc=arc)
         self.plan = FaultPlan(faults)
@@ -69,6 +76,8 @@ class FakeImds:
         self.arc_challenge = ArcChallenge(arc_tokens_dir) if arc else None
         self.identity = IdentityEndpoint(enabled=identity, arc=self.arc_challenge)
         self.wireserver = Wireserver()
+        self.attested = AttestedEndpoint(attest_signer)
+        self.scheduled = ScheduledEvents(events)
         self.rate_limiter = RateLimiter(rate_limit)
         self.log_path = log_path
         self.requests: list[dict] = []
@@ -141,6 +150,7 @@ class FakeImds:
                 self._log_file = None
         if self.arc_challenge:
             self.arc_challenge.cleanup()
+        self.attested.cleanup()
 
     def __enter__(self) -> "FakeImds":
         return self.start()
@@ -201,6 +211,12 @@ class FakeImds:
             return self.wireserver.reply(request, self.document)
         if target is None and path != imds.VERSIONS_PATH:
             return error_reply(404, "Not found")
+        if path == ATTESTED_PATH:
+            return self.attested.reply(request, self.document, self.versions())
+        if path == SCHEDULED_EVENTS_PATH:
+            return self.scheduled.reply(request, self.document, self.plan.versions)
+        if path == LOADBALANCER_PATH:
+            return loadbalancer_reply(request, self.document, self.versions())
         if request.method != "GET":
             return error_reply(405, "Method not allowed")
         if target == "id":
@@ -240,6 +256,8 @@ def _is_metadata(path: str) -> bool:
 def _target_of(path: str) -> str | None:
     """The fault-plan target a path belongs to: imds, ws, id, or None."""
     if path == imds.INSTANCE_PATH or path.startswith(imds.INSTANCE_PATH + "/"):
+        return "imds"
+    if path.rstrip("/") in CATEGORY_PATHS:  # the other categories follow the instance's rules
         return "imds"
     if path.rstrip("/") == IDENTITY_PATH:
         return "id"
