@@ -28,7 +28,7 @@ DEFAULTS = {
     "users": {"enabled": True, "groups": ["sudo"], "sudo": True},
     "ssh": {"enabled": True, "host_keys": "regenerate"},
     "userdata": {"run_scripts": True, "script_timeout": 300},
-    "azure": {"report_ready": "auto", "wireserver": "http://168.63.129.16"},
+    "azure": {"report_ready": "auto", "wireserver": "http://168.63.129.16", "provisioning_media": "auto"},
     "templates": [],
 }
 TEMPLATE_KEYS = {"src", "dest", "when", "mode", "owner", "group"}
@@ -169,6 +169,10 @@ def _check(key: str, value: object, source: str) -> object:
     elif key == "azure.report_ready":
         if value != "auto" and not isinstance(value, bool):  # `in (True, False)` would take 0 and 1
             raise bad("auto, true or false")
+    elif key == "azure.provisioning_media":
+        if not isinstance(value, str) or not (value in ("auto", "off") or
+                                              (value.startswith("/") and "\0" not in value)):
+            raise bad("auto, off or an absolute path (a device, an ISO image, a directory or ovf-env.xml)")
     elif key == "azure.wireserver":
         if not isinstance(value, str) or not _URL.match(value):
             raise bad("an http:// URL")

@@ -54,6 +54,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--rate-limit", type=int, default=5, metavar="N",
                         help="requests per second to /metadata/* before 429 "
                              "(default 5, as IMDS; 0 disables)")
+    parser.add_argument("--media-out", metavar="DIR|FILE.iso",
+                        help="also write the provisioning media for the document: ovf-env.xml "
+                             "into DIR, or an image FILE (.iso/.img) to attach as a CD")
+    parser.add_argument("--password-file", metavar="FILE",
+                        help="the admin password for --media-out, read from FILE (first line)")
+    parser.add_argument("--custom-data", metavar="FILE",
+                        help="customData for --media-out: FILE's bytes (cloud-config, a script...)")
+    parser.add_argument("--media-format", choices=("iso9660", "udf"),
+                        help="the image's file system for --media-out (default iso9660; udf "
+                             "needs mkudffs and root)")
     return parser
 
 
@@ -81,6 +91,10 @@ def serve(args: argparse.Namespace) -> int:
     except (ValueError, FaultPlanError) as exc:
         return _usage_error(str(exc))
     try:
+        media = _write_media(args, fake.document)
+    except (ValueError, OSError) as exc:
+        return _usage_error(f"cannot write the provisioning media: {exc}")
+    try:
         fake.start()
     except OSError as exc:
         fake.stop()
@@ -91,6 +105,8 @@ def serve(args: argparse.Namespace) -> int:
     try:
         print(fake.url, flush=True)
         _announce(fake)
+        if media:
+            print(f"fake-imds: provisioning media {media}", file=sys.stderr, flush=True)
         while not stop.wait(0.5):
             pass
     finally:
@@ -102,6 +118,27 @@ def serve(args: argparse.Namespace) -> int:
 def _document_from(args) -> dict | None:
     path = getattr(args, "metadata", None)
     return load_document(path) if path else None
+
+
+def _write_media(args, document: dict) -> str | None:
+    """--media-out: ovf-env.xml for the served document; the password from a file only."""
+    out = getattr(args, "media_out", None)
+    if not out:
+        if getattr(args, "password_file", None) or getattr(args, "custom_data", None):
+            raise ValueError("--password-file and --custom-data need --media-out")
+        return None
+    from .media import build_ovf, write_media
+
+    password = None
+    if getattr(args, "password_file", None):
+        with open(args.password_file, "rb") as handle:
+            lines = handle.read(4096).decode("utf-8").splitlines()
+        password = lines[0] if lines else None
+    custom_data = None
+    if getattr(args, "custom_data", None):
+        with open(args.custom_data, "rb") as handle:
+            custom_data = handle.read(1 << 20)
+    return write_media(out, build_ovf(document, password, custom_data), getattr(args, "media_format", None))
 
 
 def _usage_error(message: str) -> int:
