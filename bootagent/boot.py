@@ -33,6 +33,7 @@ class Boot(Record):
     media: object = None                 # bootagent.media.ovf.Media, when one was read
     media_error: object = None           # the MediaError that refused it
     media_source: str | None = None
+    media_looked: bool = False           # the media was looked for (provisioning_media not off)
     _custom_data: UserData | None = None
     _custom_data_error: UserDataError | None = None
     _custom_decoded: bool = False

@@ -198,7 +198,10 @@ def _per_instance(ctx: Context, boot: Boot, name: str) -> None:
         return
     _step(ctx, boot, name, __import__(f"bootagent.steps.{name}", fromlist=["run"]).run)
     outcome = boot.results[name]
-    if outcome.status in ("changed", "unchanged"):
+    # customdata skipped once the media was looked for (none, or none with customData) is
+    # settled for this instance: later boots neither look for the media nor load the step
+    settled = name == "customdata" and outcome.status == "skipped" and boot.media_looked
+    if outcome.status in ("changed", "unchanged") or settled:
         facts = {"hostname": boot.hostname} if name == "hostname" else {}
         boot.state.record(name, True, **facts)
     elif outcome.status == "failed":
@@ -220,6 +223,7 @@ def _read_media(ctx: Context, boot: Boot, explicit: str | None) -> None:
 
     if not explicit and setting(ctx) == "off":
         return
+    boot.media_looked = True
     try:
         found = read_media(ctx, explicit)
         if found is None:

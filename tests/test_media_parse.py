@@ -13,7 +13,7 @@ OVF = "http://schemas.dmtf.org/ovf/environment/1"
 WA = "http://schemas.microsoft.com/windowsazure"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 PASSWORD = "S3cret-pass phrase!"
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyExampleKeyExampleKeyExampleKey0 me@host"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f me@host"
 
 
 def fields(prefix: str = "", *, password: str = PASSWORD, custom: str | None = "I2Nsb3VkLWNvbmZpZwo=",

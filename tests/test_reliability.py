@@ -131,9 +131,10 @@ def test_a_run_killed_at_any_write_point_leaves_old_or_new_and_the_next_run_fini
     count_file = tmp_path / "write-points"
     done = boot(whole, fake, env={"BOOTAGENT_FAULT_COUNT_FILE": str(count_file)})
     assert done.returncode == 0, done.stderr
-    assert set(steps(whole)) == {"hostname", "users", "ssh_keys", "host_keys", "userdata", "templates",
-                                 "report_ready"}
-    assert set(steps(whole).values()) == {"changed"}, result_json(whole)
+    assert set(steps(whole)) == {"hostname", "users", "ssh_keys", "host_keys", "userdata", "customdata",
+                                 "templates", "report_ready"}
+    assert steps(whole).pop("customdata") == "skipped"          # no provisioning media
+    assert {s for n, s in steps(whole).items() if n != "customdata"} == {"changed"}, result_json(whole)
     new = snapshot(whole)
     points = int(count_file.read_text())
     assert points >= MIN_KILL_POINTS, f"only {points} write points in a full first boot"
@@ -260,6 +261,7 @@ def test_a_full_disk_under_one_template_fails_only_that_template(fake, image, mo
     assert snapshot(target) == before
     status = steps(root)
     assert status.pop("templates") == "failed"
+    assert status.pop("customdata") == "skipped"                 # no provisioning media
     assert set(status.values()) == {"changed"}, status
     assert errors(root)["templates"] == (
         "templates: environment.j2: cannot write /etc/profile.d/azure-tags.sh: No space left on device; "
@@ -448,8 +450,8 @@ def test_a_userdata_script_is_bounded_in_time_and_output_and_leaves_the_other_re
     one_line_per_failure(done.stderr)
     record = result_json(jail)
     others = {name: step["status"] for name, step in record["steps"].items() if name != "userdata"}
-    assert others == {"hostname": "changed", "users": "changed", "ssh_keys": "changed",
-                      "host_keys": "changed", "templates": "skipped", "report_ready": "skipped"}
+    assert others == {"hostname": "changed", "users": "changed", "ssh_keys": "changed", "host_keys": "changed",
+                      "customdata": "skipped", "templates": "skipped", "report_ready": "skipped"}
     userdata = record["steps"]["userdata"]
     assert userdata["status"] == status, userdata
     assert done.returncode == (0 if status == "changed" else 1), done.stderr
