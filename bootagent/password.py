@@ -88,7 +88,8 @@ def _chpasswd(ctx: Context, line: str) -> None:
         done = subprocess.run(command, input=line.encode(), capture_output=True, timeout=TOOL_TIMEOUT,
                               env={"PATH": search, "LC_ALL": "C"})
     except subprocess.TimeoutExpired:
-        raise StepError(f"chpasswd did not finish within {TOOL_TIMEOUT} s; the password was not applied") from None
+        raise StepError(f"chpasswd did not finish within {TOOL_TIMEOUT} s; "
+                        "the password was not applied") from None
     except OSError as err:
         raise StepError(f"cannot run {binary}: {err.strerror}") from None
     if done.returncode != 0:

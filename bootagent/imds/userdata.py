@@ -1,7 +1,8 @@
 """userData decoding: pure functions from the base64 string to bytes and a kind.
 
 Strict base64, then gunzip when compressed, both bounded so a bomb cannot exhaust
-memory. The media's customData goes through exactly these functions, named by `field`. Errors name the field, never its content: userData may hold secrets.
+memory. The media's customData goes through exactly these functions, named by
+`field`. Errors name the field, never its content: userData may hold secrets.
 """
 
 from __future__ import annotations

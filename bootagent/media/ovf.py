@@ -158,7 +158,8 @@ def _tree(data: bytes) -> _Node:
         raise MediaError(f"{WHERE} is not well-formed XML ({reason} at line {err.lineno}); "
                          "the media is refused") from None
     except (ValueError, RecursionError, UnicodeError) as err:
-        raise MediaError(f"{WHERE} cannot be read as XML ({type(err).__name__}); the media is refused") from None
+        raise MediaError(f"{WHERE} cannot be read as XML ({type(err).__name__}); "
+                         "the media is refused") from None
     if not top:
         raise MediaError(f"{WHERE} has no document element; the media is refused")
     return top[0]
