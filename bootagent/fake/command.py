@@ -62,8 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--custom-data", metavar="FILE",
                         help="customData for --media-out: FILE's bytes (cloud-config, a script...)")
     parser.add_argument("--media-format", choices=("iso9660", "udf"),
-                        help="the image's file system for --media-out (default iso9660; udf "
-                             "needs mkudffs and root)")
+                        help="the image's file system for --media-out (default iso9660; udf: "
+                             "UDF with an ISO 9660 bridge, made by genisoimage)")
     return parser
 
 

@@ -3,8 +3,8 @@
 Built as Azure's own media is serialised (`wa:` sections, default-namespace children),
 from the document's osProfile and publicKeys, with the admin password read from a file
 (never the command line) and customData from a file. An ISO 9660 image (Rock Ridge and
-Joliet names) is made by xorriso, else genisoimage; a UDF image by mkudffs and a
-read-only-then-written loop mount, which needs root.
+Joliet names) is made by xorriso, else genisoimage; a UDF image (with an ISO 9660
+bridge, so no loop mount and no root are needed) by genisoimage -udf.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from xml.sax.saxutils import escape
 OVF_NS = "http://schemas.dmtf.org/ovf/environment/1"
 WA_NS = "http://schemas.microsoft.com/windowsazure"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
-UDF_BLOCKS = 1024                  # 2 MiB of 2048-byte blocks: room for the largest customData
 
 
 def _element(name: str, value: object) -> str:
@@ -117,20 +116,8 @@ def _iso(staging: str, out: str) -> None:
 
 
 def _udf(staging: str, out: str) -> None:
-    if not shutil.which("mkudffs"):
-        raise ValueError("--media-format udf needs mkudffs (apt-get install udftools)")
-    if os.geteuid() != 0:
-        raise ValueError("--media-format udf fills the image through a loop mount: run as root, "
-                         "or make an ISO image instead")
-    with open(out, "wb") as handle:
-        handle.truncate(UDF_BLOCKS * 2048)
-    _run(["mkudffs", "--blocksize=2048", "--media-type=hd", "--label=rd_rdfe", out])
-    mount_dir = tempfile.mkdtemp(prefix="fake-media-udf.")
-    try:
-        _run(["mount", "-o", "loop", "-t", "udf", out, mount_dir])
-        try:
-            shutil.copyfile(os.path.join(staging, "ovf-env.xml"), os.path.join(mount_dir, "ovf-env.xml"))
-        finally:
-            _run(["umount", mount_dir])
-    finally:
-        os.rmdir(mount_dir)
+    """A UDF 1.02 image with an ISO 9660 bridge (genisoimage -udf): blkid and udev see UDF,
+    and the guest mounts it as UDF; no loop mount, so no root, is needed to make it."""
+    if not shutil.which("genisoimage"):
+        raise ValueError("--media-format udf needs genisoimage (apt-get install genisoimage)")
+    _run(["genisoimage", "-quiet", "-udf", "-R", "-J", "-V", "rd_rdfe", "-o", out, staging])

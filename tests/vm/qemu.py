@@ -81,7 +81,7 @@ class VM:
     def __init__(self, disk: Path, kernel: Path, initrd: Path, *, workdir: Path,
                  vm_uuid: str, fake_port: int, name: str = "vm", accel: str | None = None,
                  memory: int = 1024, cpus: int = 2, append: str = "",
-                 extra_args: list[str] = ()):
+                 extra_args: list[str] = (), cdrom: Path | None = None):
         self.disk, self.kernel, self.initrd = Path(disk), Path(kernel), Path(initrd)
         self.workdir = Path(workdir)
         self.vm_uuid = vm_uuid
@@ -90,7 +90,10 @@ class VM:
         self.accel = accel
         self.memory, self.cpus = memory, cpus
         self.append = append
-        self.extra_args = list(extra_args)  # more QEMU arguments, e.g. a CD-ROM
+        self.extra_args = list(extra_args)  # more QEMU arguments
+        # an image attached as a SCSI CD (virtio-scsi; the guest sees /dev/sr0), as Azure
+        # attaches its provisioning media; None: no CD drive at all
+        self.cdrom = Path(cdrom) if cdrom is not None else None
         self.ssh_port: int | None = None
         self.proc: subprocess.Popen | None = None
         self.console_log = self.workdir / f"{name}.console.log"
@@ -125,6 +128,10 @@ class VM:
                "-uuid", self.vm_uuid,
                "-device", "virtio-rng-pci"]
         cmd += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg"]
+        if self.cdrom is not None:
+            cmd += ["-device", "virtio-scsi-pci,id=scsi0",
+                    "-drive", f"file={self.cdrom},if=none,id=cd0,media=cdrom,readonly=on,format=raw",
+                    "-device", "scsi-cd,drive=cd0,bus=scsi0.0"]
         return cmd + self.extra_args
 
     def boot(self) -> "VM":
