@@ -17,6 +17,7 @@ from bootagent import __version__, writer
 from bootagent.context import Context, split_logical
 from bootagent.errors import ConfigError, UnsafePath
 from bootagent.imds.versions import SUPPORTED_API_VERSIONS
+from bootagent.text import quoted
 
 CONFIG_PATH = "/etc/bootagent/bootagent.yaml"
 CACHE_PATH = "/var/lib/bootagent/config-cache.json"
@@ -125,7 +126,7 @@ def validate(raw: object, source: str) -> dict:
     config = defaults()
     for section, value in raw.items():
         if section not in DEFAULTS:
-            raise ConfigError(f"{source}: unknown key '{section}' (known: {', '.join(DEFAULTS)})")
+            raise ConfigError(f"{source}: unknown key {quoted(section)} (known: {', '.join(DEFAULTS)})")
         if section == "templates":
             config["templates"] = _templates(value, source)
             continue
@@ -135,7 +136,7 @@ def validate(raw: object, source: str) -> dict:
             raise ConfigError(f"{source}: '{section}' must be a mapping")
         for key, item in value.items():
             if key not in DEFAULTS[section]:
-                raise ConfigError(f"{source}: unknown key '{section}.{key}' "
+                raise ConfigError(f"{source}: unknown key {quoted(f'{section}.{key}')} "
                                   f"(known: {', '.join(DEFAULTS[section])})")
             config[section][key] = _check(f"{section}.{key}", item, source)
     return config
