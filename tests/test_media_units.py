@@ -171,3 +171,32 @@ def test_live_the_custom_data_script_runs_once_before_the_user_data_script(jail)
     admin = document["compute"]["osProfile"]["adminUsername"]
     shadow = (jail / "etc/shadow").read_text()
     assert f"\n{admin}:$6$" in "\n" + shadow and "Live-Pass" not in shadow
+
+
+def test_a_device_is_mounted_read_only_and_unmounted_and_named_as_the_source(tmp_path):
+    """A block device (a read-only loop device over an ISO): mounted in a private directory
+    under /run/bootagent, read, unmounted, the directory removed; the source is the device."""
+    from bootagent.fake.media import write_media
+
+    if os.geteuid() != 0:
+        pytest.skip("a loop device needs root")
+    iso = tmp_path / "media.iso"
+    write_media(str(iso), build_ovf(default_document(), None, b"x"))
+    attach = subprocess.run(["losetup", "--find", "--show", "--read-only", str(iso)],
+                            capture_output=True, text=True)
+    if attach.returncode != 0:
+        pytest.skip(f"no loop device here: {attach.stderr.strip()}")
+    device = attach.stdout.strip()
+    try:
+        try:
+            found = find.read_path(device, device)
+        except MediaError as err:
+            if "unknown filesystem type" in str(err) or "permission denied" in str(err).lower():
+                pytest.skip(f"this kernel cannot mount the image: {err}")
+            raise
+        assert found.source == device and b"<Environment" in found.data
+        mounts = Path("/proc/mounts").read_text()
+        assert device not in mounts and ".media." not in mounts
+        assert not [p for p in Path("/run/bootagent").iterdir() if p.name.startswith(".media.")]
+    finally:
+        subprocess.run(["losetup", "--detach", device])

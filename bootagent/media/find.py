@@ -233,7 +233,8 @@ def _mounted(ctx: Context, source: str, options: list[str], label: str) -> Found
         if code != 0:
             raise MediaError(f"cannot mount {label} read-only: {one_line(err) or f'exit {code}'}")
         try:
-            return _from_directory(directory)
+            found = _from_directory(directory)
+            return Found(found.data, label) if found is not None else None
         finally:
             code, err = _tool("umount", directory)
             if code != 0:
