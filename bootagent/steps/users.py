@@ -85,6 +85,8 @@ def run(ctx: Context, boot: Boot) -> StepResult:
     groups = _existing_groups(ctx)
     if ctx.dry_run:
         locked = ", password locked" if lock else ""
+        if boot.password is not None:
+            locked = ", password set from the provisioning media"
         ctx.changes.append(("/etc/passwd", f"would create user {name} in groups "
                                            f"{', '.join(groups) or '(none)'}{locked}"))
         return StepResult.done(["/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow"])
