@@ -6,8 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(passwd openssh-client python3-venv libsystemd-dev pkg-config)
+# the provisioning media's tests read and make ISO 9660 and UDF images
+packages+=(xorriso genisoimage)
 if [ "${1:-}" = "--full" ]; then
     packages+=(qemu-system-x86 qemu-utils mmdebstrap socat e2fsprogs packer openssh-server)
+    packages+=(sshpass)   # the media real boot logs in with the admin's password
 fi
 missing=()
 for p in "${packages[@]}"; do
