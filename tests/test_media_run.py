@@ -325,3 +325,19 @@ def test_fake_imds_writes_a_media_with_the_password_from_a_file(tmp_path):
     shown = run_cli("metadata", "--media", str(iso))
     facts = json.loads(shown.stdout)
     assert facts["password"] == "(set)" and facts["custom_data"] == f"{len(CUSTOM_DATA)} bytes"
+
+
+def test_a_dry_run_with_a_media_says_what_it_would_do_and_changes_nothing(root, fake_imds, document, tmp_path):
+    install(root, fake_imds)
+    before = {relative: data for relative, data in everything_under(root)}
+    done = run_cli("run", "--root", str(root), "--imds-url", fake_imds.url, "--timeout", "30", "--dry-run",
+                   "--provisioning-media", str(media_dir(tmp_path, full_media(document))))
+    assert done.returncode == 0, done.stderr
+    assert "password set from the provisioning media" in done.stdout
+    assert "custom-data" in done.stdout
+    assert PASSWORD not in done.stdout + done.stderr and CUSTOM_SECRET not in done.stdout + done.stderr
+    assert {relative: data for relative, data in everything_under(root)
+            if not relative.startswith(("run/bootagent", "var/lib/bootagent"))} == \
+        {relative: data for relative, data in before.items()
+         if not relative.startswith(("run/bootagent", "var/lib/bootagent"))}
+    assert not (root / CUSTOM_DATA_FILE).exists()
