@@ -15,6 +15,9 @@ rounds), so that drift of the machine touches all of them alike:
                  test CA, four openssl runs verify (its own row; no budget)
     first+hk     a first boot whose root has an sshd_config and a DMI UUID: three new
                  host keys made beside the fetch (no budget of its own: see README)
+    first+media  the first boot with a provisioning media (--provisioning-media DIR: an
+                 ovf-env.xml with a password and a YAML customData): expat, crypt and
+                 chpasswd on top of the first boot (no budget of its own)
 
 Roots are rebuilt and the fake IMDS is started outside the timing. Peak RSS is the
 child's ru_maxrss from os.wait4; IMDS requests are counted from the fake's request log.
@@ -51,6 +54,7 @@ LABELS = {
     "metadata": "metadata compute/vmId --format text",
     "attest": "attest --ca-file (verified)",
     "first+hk": "run, first boot + 3 host keys",
+    "first+media": "run, first boot + media (password, customData)",
 }
 class Bench:
     def __init__(self, bootagent: str, workdir: Path):
@@ -115,12 +119,31 @@ def main_rounds(bench: Bench, pool: FakePool, floor: list[str], anchor: str | No
             bench.run("attest", lambda url: [bench.bootagent, "attest", "--root", str(root), "--imds-url",
                                              url, "--ca-file", attest_pool.ca_for(url)], attest_pool, rec)
 
-    blocks = [floor_block, anchor_block, ours_block, host_keys_block, attest_block]
+    media_root, media = bench.workdir / "root-media", media_dir(bench.workdir / "media")
+
+    def media_block(rec):
+        make_root(media_root, host_keys=False)
+        bench.run("first+media", lambda url: bench.boot(media_root)(url) + ["--provisioning-media", str(media)],
+                  pool, rec)
+
+    blocks = [floor_block, anchor_block, ours_block, host_keys_block, attest_block, media_block]
     for block in blocks:  # warm-up: page cache and pyc files, not recorded
         block(False)
     for number in range(rounds):
         for block in (blocks if number % 2 == 0 else blocks[::-1]):
             block(True)
+
+
+def media_dir(path: Path) -> Path:
+    """A directory holding the ovf-env.xml Azure would give the fake's default document,
+    with an admin password and a YAML customData."""
+    from bootagent.fake.media import build_ovf
+    from bootagent.fake.server import default_document
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "ovf-env.xml").write_bytes(build_ovf(default_document(), "Bench-Pass 1",
+                                                 b"#cloud-config\ngreeting: from customData\n"))
+    return path
 
 
 def scaling(bench: Bench, small: FakePool, many: FakePool, rounds: int) -> dict:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from bootagent import result, state, writer
 from bootagent.context import Context
 
-INSTANCE_DATA = (f"{state.STATE_DIR}/user-data",)
-LOG_FILES = (result.RESULT_PATH, f"{state.STATE_DIR}/user-data.output")
+INSTANCE_DATA = (f"{state.STATE_DIR}/user-data", state.CUSTOM_DATA_PATH)
+LOG_FILES = (result.RESULT_PATH, f"{state.STATE_DIR}/user-data.output", f"{state.CUSTOM_DATA_PATH}.output")
 
 
 def clean(ctx: Context, *, logs: bool, machine_id: bool, host_keys: bool) -> list[str]:

@@ -15,11 +15,14 @@ from bootagent.errors import BootagentError, UsageError
 ENDPOINTS = ("loadbalancer", "scheduledevents", "versions", "attested/document")
 ROOT_HELP = "provision the tree under DIR instead of / (default /)"
 # Every command's options, read by argparse and by the fast path alike:
-# (option, kind, default, help); kind is "str", "float", "flag" or a tuple of choices.
+# (option, kind, default, help); kind is "str", "float", "flag", "optional" (a value that
+# may be left out: argparse decides) or a tuple of choices.
 COMMAND_OPTIONS = {
     "run": ("the boot job: fetch the instance document and provision", [
         ("--imds-url", "str", None, "IMDS base URL, or auto (IMDS_ENDPOINT, else 169.254.169.254)"),
         ("--metadata-file", "str", None, "read the instance document from FILE instead of IMDS"),
+        ("--provisioning-media", "str", None, "read ovf-env.xml from PATH (a device, an ISO image, a "
+                                              "directory or the file) instead of azure.provisioning_media"),
         ("--config", "str", None, "configuration file (default <root>/etc/bootagent/bootagent.yaml)"),
         ("--timeout", "float", None, "seconds to keep trying IMDS (default imds.timeout)"),
         ("--dry-run", "flag", False, "print what would change; change nothing"),
@@ -37,6 +40,8 @@ COMMAND_OPTIONS = {
     ]),
     "metadata": ("print IMDS (or one sub-path) as IMDS served it", [
         ("--format", ("json", "text"), None, "json (default) or text (needed for leaves)"),
+        ("--media", "optional", None, "print what the provisioning media gives instead (PATH: a "
+                                      "device, ISO image, directory or ovf-env.xml; else as configured)"),
         ("--imds-url", "str", None, "IMDS base URL, or auto"),
         ("--timeout", "float", None, "seconds to keep trying (default imds.timeout)"),
         ("--endpoint", ENDPOINTS, None, "read another IMDS category instead of the instance (no PATH)"),
@@ -91,6 +96,8 @@ def _fast_parse(argv: list[str]):
         if option not in options:
             return None
         kind, _ = options[option]
+        if kind == "optional":
+            return None
         if kind == "flag":
             if has_inline:
                 return None
@@ -133,6 +140,9 @@ def _parser(argv: list[str]):
                 sub.add_argument(option, action="store_true", help=help_option)
             elif kind == "float":
                 sub.add_argument(option, type=float, default=default, help=help_option)
+            elif kind == "optional":
+                sub.add_argument(option, nargs="?", const="", default=default, metavar="PATH",
+                                 help=help_option)
             elif isinstance(kind, tuple):
                 sub.add_argument(option, choices=kind, default=default, help=help_option)
             else:
@@ -182,7 +192,8 @@ def cmd_run(args) -> int:
     from bootagent import runner
 
     ctx = _context(args)
-    code, record = runner.run(ctx, metadata_file=args.metadata_file)
+    code, record = runner.run(ctx, metadata_file=args.metadata_file,
+                              provisioning_media=args.provisioning_media)
     if args.dry_run:
         for _, change in ctx.changes:
             sys.stdout.write(change if change.endswith("\n") else change + "\n")
@@ -222,6 +233,11 @@ def cmd_metadata(args) -> int:
     if getattr(args, "endpoint", None):
         return _metadata_endpoint(ctx, args)
     fmt = args.format or "json"
+    if getattr(args, "media", None) is not None:
+        from bootagent.media.show import describe
+
+        sys.stdout.write(describe(ctx, args.media or None, fmt))
+        return 0
     client = ImdsClient(Http(ctx.clock, ctx.sleep), ctx.imds_url, ctx.config.imds.api_version)
     body = client.fetch_path(args.path, fmt, ctx.deadline)
     if fmt == "json":

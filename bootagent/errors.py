@@ -7,7 +7,8 @@
     ├── ImdsUnavailable (3)       no instance document before the deadline
     ├── HttpError (1)             one HTTP exchange went wrong (status, size, connection)
     ├── StepError (1)             a provisioning step could not do its job
-    │   └── UnsafePath (1)        a path leaves the root or passes through a symlink
+    │   ├── UnsafePath (1)        a path leaves the root or passes through a symlink
+    │   └── MediaError (1)        the provisioning media (ovf-env.xml) is refused or unreadable
     └── NotVerified (1)           an attested document failed a check (`bootagent attest`)
 
 Only `cli.py` turns these into exit codes and printed lines; nothing below it exits.
@@ -70,3 +71,10 @@ class NotVerified(BootagentError):
     def __init__(self, check: str, detail: str, hint: str):
         super().__init__(f"attested document not verified: {check} check failed: {detail}; {hint}")
         self.check = check
+class MediaError(StepError):
+    """The provisioning media was refused: the run goes on from IMDS, step customdata fails.
+    `reason` is "preprovisioned" for a pre-provisioned pool's media (the run provisions nothing)."""
+
+    def __init__(self, message: str, *, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason

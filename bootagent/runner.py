@@ -1,8 +1,14 @@
 """The boot run: one pass from configuration to result.json (SPEC "The boot run").
 
     lock ─> host keys start (beside the fetch when the DMI UUID is known)
-         ─> fetch the document ─> per-instance steps, gated by state ─> network ─> templates
-         ─> join host keys ─> report ─> userData script ─> state, result.json
+         ─> fetch the document ─> the provisioning media, when a step that uses it is due
+         ─> per-instance steps, gated by state ─> network ─> templates
+         ─> join host keys ─> report ─> customData script ─> userData script
+         ─> state, result.json
+
+The media is read once, beside the document, and only while a per-instance step that
+uses it has not succeeded for this instance: a later boot never looks for it. A refused
+media fails the customdata step alone; the other steps go on from IMDS.
 
 The host_keys step holds a lock of its own (the early unit's `bootagent host-keys` may be
 making the keys): only the join waits for it. Its thread imports nothing: what it needs is
@@ -26,7 +32,12 @@ from bootagent.log import log
 from bootagent.state import InstanceState, run_lock
 from bootagent.steps import StepResult
 
-PER_INSTANCE = ("hostname", "users", "ssh_keys", "userdata")
+PER_INSTANCE = ("hostname", "users", "ssh_keys", "userdata", "customdata")
+MEDIA_STEPS = ("hostname", "users", "ssh_keys", "customdata")   # the steps that read the media
+SCRIPTS = ("customdata", "userdata")                            # their scripts run in this order
+PREPROVISIONED = ("ovf-env.xml says PreprovisionedVm is true (one of Azure's pre-provisioned "
+                  "pools): not supported, so the pool's placeholder identity was not provisioned; "
+                  "create the VM without a pre-provisioned pool")
 MAX_METADATA_FILE = 4 << 20
 
 
@@ -76,7 +87,8 @@ def _guarded(name: str, call) -> StepResult:
                                  "please report it")
 
 
-def run(ctx: Context, *, metadata_file: str | None = None) -> tuple[int, dict]:
+def run(ctx: Context, *, metadata_file: str | None = None,
+        provisioning_media: str | None = None) -> tuple[int, dict]:
     """The boot job. Returns (exit code, the result record)."""
     started = ctx.wall()
     with run_lock(ctx) if not ctx.dry_run else _nothing():
@@ -98,7 +110,7 @@ def run(ctx: Context, *, metadata_file: str | None = None) -> tuple[int, dict]:
             return code, record
         # the moment the document is had: the real-boot test times the rest of the run from it
         log(ctx, "info", "instance document received")
-        boot = _provision(ctx, instance, imds_info["api_version"], host_keys_job)
+        boot = _provision(ctx, instance, imds_info["api_version"], host_keys_job, provisioning_media)
         record = result.build(instance_id=instance.vm_id, started=started, finished=ctx.wall(),
                               imds=imds_info, results=boot.results)
         result.write(ctx, record)
@@ -143,7 +155,8 @@ def _fetch(ctx: Context, metadata_file: str | None, imds_info: dict) -> Instance
         imds_info["api_version"] = client.api_version
 
 
-def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job: HostKeysJob) -> Boot:
+def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job: HostKeysJob,
+               provisioning_media: str | None = None) -> Boot:
     from bootagent.steps import network, report, templates
 
     if ctx.log is not None:
@@ -152,15 +165,26 @@ def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job
     boot = Boot(instance, state, state.begin(instance.instance_id), api_version)
     if not boot.new_instance:
         boot.hostname = state.get("hostname").get("hostname")
+    if not all(state.done(name) for name in MEDIA_STEPS):
+        _read_media(ctx, boot, provisioning_media)
+    preprovisioned = getattr(boot.media_error, "reason", None) == "preprovisioned"
     for name in PER_INSTANCE:
+        if preprovisioned and name != "customdata":
+            boot.results[name] = StepResult.skipped("a pre-provisioned VM: not provisioned")
+            _log_step(ctx, name, boot.results[name])
+            continue
         _per_instance(ctx, boot, name)
-    _step(ctx, boot, "network", network.run)
-    _step(ctx, boot, "templates", templates.run)
+    for name, step in (("network", network.run), ("templates", templates.run)):
+        if preprovisioned:
+            boot.results[name] = StepResult.skipped("a pre-provisioned VM: not provisioned")
+        else:
+            _step(ctx, boot, name, step)
     # joined as late as it can be: while the early unit makes the keys, the steps above run
     boot.results["host_keys"] = host_keys_job.finish(instance.vm_id)
     _log_step(ctx, "host_keys", boot.results["host_keys"])
     _step(ctx, boot, "report_ready", report.run)
-    _run_script(ctx, boot)
+    for name in SCRIPTS:
+        _run_script(ctx, boot, name)
     if not ctx.dry_run:
         state.save(ctx)
     return boot
@@ -175,7 +199,10 @@ def _per_instance(ctx: Context, boot: Boot, name: str) -> None:
         return
     _step(ctx, boot, name, __import__(f"bootagent.steps.{name}", fromlist=["run"]).run)
     outcome = boot.results[name]
-    if outcome.status in ("changed", "unchanged"):
+    # customdata skipped once the media was looked for (none, or none with customData) is
+    # settled for this instance: later boots neither look for the media nor load the step
+    settled = name == "customdata" and outcome.status == "skipped" and boot.media_looked
+    if outcome.status in ("changed", "unchanged") or settled:
         facts = {"hostname": boot.hostname} if name == "hostname" else {}
         boot.state.record(name, True, **facts)
     elif outcome.status == "failed":
@@ -189,23 +216,57 @@ def _step(ctx: Context, boot: Boot, name: str, call) -> None:
     _log_step(ctx, name, boot.results[name])
 
 
-def _run_script(ctx: Context, boot: Boot) -> None:
-    """A userData script runs once per instance, last, whatever its exit status."""
-    outcome = boot.results.get("userdata")
+def _read_media(ctx: Context, boot: Boot, explicit: str | None) -> None:
+    """Find and parse the provisioning media; a refusal is kept for the customdata step.
+    Imports nothing and runs nothing when there is no media to look at."""
+    from bootagent.errors import MediaError
+    from bootagent.media.find import read_media
+
+    if not explicit and ctx.config.azure.provisioning_media == "off":
+        return
+    boot.media_looked = True
+    try:
+        found = read_media(ctx, explicit)
+        if found is None:
+            return
+        from bootagent.media.ovf import parse
+
+        media = parse(found.data)
+    except MediaError as err:
+        boot.media_error = err
+        log(ctx, "error", f"provisioning media refused, going on from IMDS alone: {err}", step="customdata")
+        return
+    if media.preprovisioned:
+        boot.media_error = MediaError(PREPROVISIONED, reason="preprovisioned")
+        log(ctx, "error", PREPROVISIONED, step="customdata")
+        return
+    boot.use_media(media, found.source)
+    log(ctx, "info", f"provisioning media read from {found.source}", step="customdata")
+
+
+def _run_script(ctx: Context, boot: Boot, name: str) -> None:
+    """A customData or userData script runs once per instance, last, whatever its exit
+    status: the one code path of the userdata step (steps/userdata.py run_script)."""
+    outcome = boot.results.get(name)
     if outcome is None or outcome.details.get("script") != "pending":
         return
-    if boot.state.get("userdata").get("script_started"):
+    if boot.state.get(name).get("script_started"):
         outcome.details["script"] = "already ran for this instance"
         return
     from bootagent.steps import userdata
 
+    kept = userdata.USER_DATA
+    if name == "customdata":
+        from bootagent.steps import customdata
+
+        kept = customdata.CUSTOM_DATA
     if ctx.live and not ctx.dry_run and ctx.config.userdata.run_scripts:
-        boot.state.record("userdata", True, script_started=True)
+        boot.state.record(name, True, script_started=True)
         boot.state.save(ctx)
-    final = _guarded("userdata", lambda: userdata.run_script(ctx, boot))
+    final = _guarded(name, lambda: userdata.run_script(ctx, boot, kept=kept))
     final.changed = outcome.changed + [p for p in final.changed if p not in outcome.changed]
-    boot.results["userdata"] = final
-    _log_step(ctx, "userdata", final)
+    boot.results[name] = final
+    _log_step(ctx, name, final)
 
 
 def _log_step(ctx: Context, name: str, outcome: StepResult) -> None:

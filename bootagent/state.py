@@ -28,6 +28,8 @@ STATE_DIR = "/var/lib/bootagent"
 INSTANCE_FILE = f"{STATE_DIR}/instance.json"
 HOST_KEYS_FILE = f"{STATE_DIR}/host-keys-instance"
 LOCK_FILE = f"{STATE_DIR}/lock"
+# the media's customData, kept for templates at every boot (steps/customdata.py)
+CUSTOM_DATA_PATH = f"{STATE_DIR}/custom-data"
 # Held by the host_keys step alone, not by the whole run: a run fetches and provisions
 # while the early unit makes the keys, and only its own host_keys step waits. On /run:
 # it must be taken before the root is writable, and it concerns this boot's processes only.

@@ -7,9 +7,12 @@ cd "$(dirname "$0")/.."
 
 # systemd (its systemd-networkd) and netplan.io read the network step's files in the tests;
 # openssl verifies and signs attested documents
-packages=(passwd openssh-client python3-venv libsystemd-dev pkg-config systemd netplan.io openssl)
+# xorriso and genisoimage read and make the provisioning media's ISO 9660 and UDF images
+packages=(passwd openssh-client python3-venv libsystemd-dev pkg-config systemd netplan.io openssl
+          xorriso genisoimage)
 if [ "${1:-}" = "--full" ]; then
     packages+=(qemu-system-x86 qemu-utils mmdebstrap socat e2fsprogs packer openssh-server)
+    packages+=(sshpass)   # the media real boot logs in with the admin's password
 fi
 missing=()
 for p in "${packages[@]}"; do

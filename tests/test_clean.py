@@ -91,3 +91,14 @@ def test_the_first_boot_of_a_cleaned_image_reads_its_configuration_without_yaml(
     assert loaded(modules, ("yaml",)) == []
     # the configuration it read is the new one: `keep` kept the key a new instance replaces
     assert (root / "etc/ssh/ssh_host_ed25519_key").read_bytes() == key
+
+
+def test_clean_removes_the_kept_custom_data_and_its_output(provisioned):
+    """customData may hold secrets of the instance the image was made on."""
+    kept = provisioned / "var/lib/bootagent"
+    (kept / "custom-data").write_bytes(b"#cloud-config\nsecret: x\n")
+    (kept / "custom-data.output").write_bytes(b"output\n")
+    done = run_cli("clean", "--root", str(provisioned), "--logs")
+    assert done.returncode == 0, done.stderr
+    assert "removed /var/lib/bootagent/custom-data\n" in done.stdout
+    assert not (kept / "custom-data").exists() and not (kept / "custom-data.output").exists()

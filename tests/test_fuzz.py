@@ -315,6 +315,8 @@ def _check_types(typed: config.Config) -> None:
     assert cfg["ssh"]["host_keys"] in ("regenerate", "keep", "off")
     report = cfg["azure"]["report_ready"]
     assert report == "auto" or type(report) is bool, repr(report)
+    media = cfg["azure"]["provisioning_media"]
+    assert media in ("auto", "off") or (isinstance(media, str) and media.startswith("/") and "\0" not in media)
     assert all(isinstance(g, str) for g in cfg["users"]["groups"])
     disk = cfg["azure"]["resource_disk"]
     assert disk["enabled"] == "auto" or type(disk["enabled"]) is bool
@@ -330,6 +332,8 @@ def _check_types(typed: config.Config) -> None:
 @given(config_values())
 @example({"azure": {"report_ready": 0}})
 @example({"azure": {"report_ready": 1.0}})
+@example({"\n": 1})
+@example({"azure": {"provisioning_media": "/dev/sr0\n"}})
 def test_config_validation_returns_a_well_typed_config_or_a_config_error(raw):
     cfg = outcome(config.validate, raw, "bootagent.yaml", errors=(ConfigError,))
     if cfg is not None:

@@ -82,7 +82,8 @@ def test_a_later_boot_imports_neither_jinja_nor_yaml(provisioned, fake_imds):
     assert {name: step["status"] for name, step in record["steps"].items()
             if step["status"] != "skipped"} == {
         "hostname": "unchanged", "users": "unchanged", "ssh_keys": "unchanged",
-        "host_keys": "unchanged", "userdata": "unchanged", "templates": "unchanged"}
+        "host_keys": "unchanged", "userdata": "unchanged", "customdata": "unchanged",
+        "templates": "unchanged"}
 
 
 def test_a_later_boot_with_the_network_configured_runs_no_tool_and_imports_nothing_new(root, fake_imds):
@@ -143,6 +144,46 @@ def test_a_changed_config_is_parsed_again_and_a_changed_tag_rendered_again(provi
     assert "(prod)" in (provisioned / "etc/motd").read_text()
 
 
+# -- the provisioning media costs a boot without one nothing -------------------------------
+
+XML_PARSERS = ("pyexpat", "xml", "bootagent.media.ovf")
+
+
+def test_a_boot_with_no_media_imports_no_xml_parser(root, fake_imds):
+    """auto on a root that is not a live Azure VM: no CD is looked for, nothing parsed."""
+    code, modules = modules_after("run", "--root", str(root), "--imds-url", fake_imds.url, "--timeout", "30")
+    assert code == 0
+    assert loaded(modules, XML_PARSERS) == []
+    assert result_json(root)["steps"]["customdata"]["reason"] == "no provisioning media"
+
+
+def test_a_later_boot_after_a_media_boot_reads_no_media_and_parses_nothing(provisioned, fake_imds, tmp_path):
+    """customData reached the templates at the first boot; a later boot keeps them without
+    reading the media, XML, YAML or Jinja."""
+    from bootagent.fake.media import build_ovf
+
+    fresh = provisioned.parent / "fresh"
+    shutil.copytree(provisioned / "etc/bootagent", fresh / "etc/bootagent")
+    from conftest import build_root
+    build_root(fresh)
+    (fresh / "etc/bootagent/templates/custom.j2").write_text("{{ customdata.greeting }}\n")
+    config = fresh / "etc/bootagent/bootagent.yaml"
+    config.write_text(config.read_text() + "  - src: custom.j2\n    dest: /etc/custom.conf\n")
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "ovf-env.xml").write_bytes(build_ovf(fake_imds.document, None, b"greeting: hi\n"))
+    first = run_cli("run", "--root", str(fresh), "--imds-url", fake_imds.url, "--timeout", "30",
+                    "--provisioning-media", str(media))
+    assert first.returncode == 0, first.stderr
+    assert (fresh / "etc/custom.conf").read_text() == "hi\n"
+    code, modules = modules_after("run", "--root", str(fresh), "--imds-url", fake_imds.url,
+                                  "--timeout", "30", "--provisioning-media", str(media))
+    assert code == 0
+    assert loaded(modules, NEVER_ON_A_LATER_BOOT + XML_PARSERS) == []
+    assert result_json(fresh)["steps"]["templates"]["status"] == "unchanged"
+    assert result_json(fresh)["steps"]["customdata"]["status"] == "unchanged"
+
+
 # -- the command line's fast path agrees with argparse wherever it answers ------------------
 
 TOKENS = ["run", "status", "clean", "metadata", "doctor", "fake-imds", "--root", "/", "/tmp/x",
@@ -150,7 +191,8 @@ TOKENS = ["run", "status", "clean", "metadata", "doctor", "fake-imds", "--root",
           "--timeout=7", "--root=", "--json", "--json=1", "--dry-run", "--wait", "--logs",
           "--machine-id", "--ssh-host-keys", "--metadata-file", "--config", "--format", "text",
           "json", "xml", "--format=text", "compute/vmId", "", "--", "-h", "--help", "-", "--version",
-          "attest", "--nonce", "0042", "--ca-file", "--endpoint", "loadbalancer", "attested/document"]
+          "attest", "--nonce", "0042", "--ca-file", "--endpoint", "loadbalancer", "attested/document",
+          "--media", "--provisioning-media"]
 
 
 def argparse_result(argv: list[str]) -> dict | None:

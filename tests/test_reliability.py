@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, event, given, settings
 from conftest import BOOTAGENT, result_json, run_cli
 from bootagent.fake.server import FakeImds, default_document
 from reliability import machine
-from reliability.jail import jail_root, run_live
+from reliability.jail import JAIL_CONFIG, jail_root, run_live
 from reliability.scenario import copy_root, scenario_root
 from reliability.snapshot import judge_killed, judge_recovered, snapshot, temp_files
 from reliability.strategies import hostile_documents
@@ -133,6 +133,7 @@ def test_a_run_killed_at_any_write_point_leaves_old_or_new_and_the_next_run_fini
     assert done.returncode == 0, done.stderr
     status = steps(whole)
     assert status.pop("network") == "skipped"        # the image has no network backend
+    assert status.pop("customdata") == "skipped"     # no provisioning media
     assert set(status) == {"hostname", "users", "ssh_keys", "host_keys", "userdata", "templates",
                            "report_ready"}
     assert set(status.values()) == {"changed"}, result_json(whole)
@@ -263,6 +264,7 @@ def test_a_full_disk_under_one_template_fails_only_that_template(fake, image, mo
     status = steps(root)
     assert status.pop("templates") == "failed"
     assert status.pop("network") == "skipped"
+    assert status.pop("customdata") == "skipped"                 # no provisioning media
     assert set(status.values()) == {"changed"}, status
     assert errors(root)["templates"] == (
         "templates: environment.j2: cannot write /etc/profile.d/azure-tags.sh: No space left on device; "
@@ -433,10 +435,7 @@ def jail(tmp_path):
     machine.require_root("a chroot in private namespaces")
     root = jail_root(tmp_path / "jail")
     (root / "etc/ssh/sshd_config").write_text("HostKey /etc/ssh/ssh_host_ed25519_key\n")
-    (root / "etc/bootagent").mkdir(parents=True)
-    # the jail shares the host's network and /usr (netplan included): never the step's to touch
-    (root / "etc/bootagent/bootagent.yaml").write_text("userdata:\n  script_timeout: 2\n"
-                                                       "network:\n  enabled: false\n")
+    (root / "etc/bootagent/bootagent.yaml").write_text("userdata:\n  script_timeout: 2\n" + JAIL_CONFIG)
     return root
 
 
@@ -453,9 +452,8 @@ def test_a_userdata_script_is_bounded_in_time_and_output_and_leaves_the_other_re
     one_line_per_failure(done.stderr)
     record = result_json(jail)
     others = {name: step["status"] for name, step in record["steps"].items() if name != "userdata"}
-    assert others == {"hostname": "changed", "users": "changed", "ssh_keys": "changed",
-                      "host_keys": "changed", "network": "skipped", "templates": "skipped",
-                      "report_ready": "skipped"}
+    assert others == {"hostname": "changed", "users": "changed", "ssh_keys": "changed", "host_keys": "changed",
+                      "network": "skipped", "customdata": "skipped", "templates": "skipped", "report_ready": "skipped"}
     userdata = record["steps"]["userdata"]
     assert userdata["status"] == status, userdata
     assert done.returncode == (0 if status == "changed" else 1), done.stderr

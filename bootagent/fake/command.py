@@ -70,6 +70,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--attest-key", metavar="FILE", help="the --attest-cert's private key (PEM)")
     parser.add_argument("--attest-chain", metavar="FILE",
                         help="intermediates (PEM) to send along with --attest-cert")
+    parser.add_argument("--media-out", metavar="DIR|FILE.iso",
+                        help="also write the provisioning media for the document: ovf-env.xml "
+                             "into DIR, or an image FILE (.iso/.img) to attach as a CD")
+    parser.add_argument("--password-file", metavar="FILE",
+                        help="the admin password for --media-out, read from FILE (first line)")
+    parser.add_argument("--custom-data", metavar="FILE",
+                        help="customData for --media-out: FILE's bytes (cloud-config, a script...)")
+    parser.add_argument("--media-format", choices=("iso9660", "udf"),
+                        help="the image's file system for --media-out (default iso9660; udf: "
+                             "UDF with an ISO 9660 bridge, made by genisoimage)")
     return parser
 
 
@@ -105,6 +115,11 @@ def serve(args: argparse.Namespace) -> int:
         return _usage_error(str(exc) if isinstance(exc, PkiError)
                             else f"--ca-out {exc.filename}: {exc.strerror or exc}")
     try:
+        media = _write_media(args, fake.document)
+    except (ValueError, OSError) as exc:
+        fake.stop()
+        return _usage_error(f"cannot write the provisioning media: {exc}")
+    try:
         fake.start()
     except OSError as exc:
         fake.stop()
@@ -115,6 +130,8 @@ def serve(args: argparse.Namespace) -> int:
     try:
         print(fake.url, flush=True)
         _announce(fake)
+        if media:
+            print(f"fake-imds: provisioning media {media}", file=sys.stderr, flush=True)
         while not stop.wait(0.5):
             pass
     finally:
@@ -156,6 +173,25 @@ def _prepare_attested(fake, ca_out: str | None) -> None:
         return
     if ca_out and fake.attested.ca_cert is not None:
         Path(ca_out).write_bytes(fake.attested.ca_cert.read_bytes())
+def _write_media(args, document: dict) -> str | None:
+    """--media-out: ovf-env.xml for the served document; the password from a file only."""
+    out = getattr(args, "media_out", None)
+    if not out:
+        if getattr(args, "password_file", None) or getattr(args, "custom_data", None):
+            raise ValueError("--password-file and --custom-data need --media-out")
+        return None
+    from .media import build_ovf, write_media
+
+    password = None
+    if getattr(args, "password_file", None):
+        with open(args.password_file, "rb") as handle:
+            lines = handle.read(4096).decode("utf-8").splitlines()
+        password = lines[0] if lines else None
+    custom_data = None
+    if getattr(args, "custom_data", None):
+        with open(args.custom_data, "rb") as handle:
+            custom_data = handle.read(1 << 20)
+    return write_media(out, build_ovf(document, password, custom_data), getattr(args, "media_format", None))
 
 
 def _usage_error(message: str) -> int:

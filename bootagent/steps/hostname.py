@@ -1,6 +1,7 @@
 """Step `hostname` (SPEC step 3): name the machine once per instance.
 
-The name comes from a YAML userData `hostname`, else `compute.osProfile.computerName`,
+The name comes from a YAML userData `hostname`, else a YAML customData `hostname` (the
+provisioning media's), else `compute.osProfile.computerName`, else the media's HostName,
 else `compute.name` when that is a valid hostname (scale-set names are not, so they are
 simply not a source). It is written to /etc/hostname and to one managed line of
 /etc/hosts:
@@ -41,16 +42,21 @@ def valid_hostname(name: object) -> bool:
     return all(_LABEL.fullmatch(label) for label in name.split("."))
 
 
-def choose_hostname(instance, userdata_mapping: dict) -> tuple[str | None, str]:
+def choose_hostname(instance, userdata_mapping: dict, customdata_mapping: dict | None = None,
+                    media_hostname: str | None = None) -> tuple[str | None, str]:
     """(name, source) by the spec's precedence; (None, reason) when there is no source.
 
-    An invalid userData `hostname` or `computerName` is an error (the userData value is
-    never quoted: it is userData); an invalid `compute.name` is not a source."""
-    if isinstance(userdata_mapping, dict) and "hostname" in userdata_mapping:
-        if not valid_hostname(userdata_mapping["hostname"]):
-            raise StepError(f"the userData hostname is not a valid hostname ({_RULE}); "
-                            "fix `hostname` in the VM's userData")
-        return userdata_mapping["hostname"], "userData hostname"
+    userData `hostname`, then the media's customData `hostname`, then `computerName`, then
+    the media's HostName (it fills in what the document lacks), then a valid
+    `compute.name`. An invalid userData/customData `hostname` or `computerName` is an error
+    (userData and customData values are never quoted); an invalid `compute.name` or
+    media HostName is not a source."""
+    for mapping, label in ((userdata_mapping, "userData"), (customdata_mapping, "customData")):
+        if isinstance(mapping, dict) and "hostname" in mapping:
+            if not valid_hostname(mapping["hostname"]):
+                raise StepError(f"the {label} hostname is not a valid hostname ({_RULE}); "
+                                f"fix `hostname` in the VM's {label}")
+            return mapping["hostname"], f"{label} hostname"
     computer_name = getattr(instance, "computer_name", None)
     if computer_name is not None:
         if not valid_hostname(computer_name):
@@ -59,6 +65,8 @@ def choose_hostname(instance, userdata_mapping: dict) -> tuple[str | None, str]:
             raise StepError(f"compute.osProfile.computerName {shown} is not a valid hostname "
                             f"({_RULE}); fix the VM's computer name")
         return computer_name, "compute.osProfile.computerName"
+    if valid_hostname(media_hostname):
+        return media_hostname, "ovf-env.xml HostName"
     name = getattr(instance, "name", None)
     if valid_hostname(name):
         return name, "compute.name"
@@ -91,7 +99,9 @@ def update_hosts(current: bytes | None, name: str) -> bytes:
 def run(ctx: Context, boot: Boot) -> StepResult:
     if not ctx.config.hostname.enabled:
         return StepResult.skipped("hostname disabled in the configuration")
-    name, source = choose_hostname(boot.instance, boot.user_data_mapping())
+    media_hostname = boot.media.hostname if boot.media is not None else None
+    name, source = choose_hostname(boot.instance, boot.user_data_mapping(), boot.custom_data_mapping(),
+                                   media_hostname)
     if name is None:
         return StepResult.skipped(source)
     changed = []

@@ -74,7 +74,7 @@ def describe(failures: list, boot) -> str:
     for name, outcome in failures:
         lines = (outcome.error or "").strip().splitlines()
         errors.append(f"{name}: {lines[0] if lines else 'failed'}")
-    text = f"failed steps: {names}; " + _without_user_data("; ".join(errors), boot)
+    text = f"failed steps: {names}; " + _without_media_secrets(_without_user_data("; ".join(errors), boot), boot)
     return clean_description(text)[:MAX_DESCRIPTION]
 
 
@@ -95,6 +95,24 @@ def _without_user_data(text: str, boot) -> str:
             secrets += list(_strings(found.mapping or {}))
     for secret in sorted({s for s in secrets if len(s) >= MIN_SECRET}, key=len, reverse=True):
         text = text.replace(secret, "[userData]")
+    return text
+
+
+def _without_media_secrets(text: str, boot) -> str:
+    """The same net for the media's password and customData (steps never quote them)."""
+    media = getattr(boot, "media", None)
+    secrets = [media.password] if media is not None and media.password else []
+    if media is not None and media.custom_data:
+        secrets.append(media.custom_data)
+        try:
+            found = boot.custom_data()
+        except BootagentError:
+            found = None
+        if found is not None:
+            decoded = found.data.decode("utf-8", "replace")
+            secrets += [decoded.strip(), *(line.strip() for line in decoded.splitlines())]
+    for secret in sorted({s for s in secrets if len(s) >= MIN_SECRET}, key=len, reverse=True):
+        text = text.replace(secret, "[secret]")
     return text
 
 

@@ -123,7 +123,9 @@ def run(ctx: Context, boot: Boot) -> StepResult:
     if not ctx.config.ssh.enabled:
         return StepResult.skipped("ssh keys disabled in the configuration")
     users_result = boot.results.get("users")
-    if users_result is not None and users_result.status == "failed":
+    # a users step that failed only on the media's password still made the account
+    if (users_result is not None and users_result.status == "failed"
+            and not users_result.details.get("admin_ready")):
         return StepResult.failed(f"user {users.NAME_FIELD} could not be had: {users_result.error}")
     reason = users.skip_reason(ctx, boot.instance)
     if reason:

@@ -10,7 +10,9 @@ decides its output (the template's bytes, the entry, the context's inputs in the
 form: compute and network JSON, hostname, admin user) and the digest of the bytes last
 written to `dest` (or that `when` was false). When the key matches and `dest` still
 holds those bytes with the entry's mode and owner, the entry is `unchanged` without
-rendering, without Jinja, and without decoding userData. Failures are never cached.
+rendering, without Jinja, and without decoding userData. The customData kept by the
+customdata step (/var/lib/bootagent/custom-data) is `customdata` in the context; the
+key holds its digest, so it too is parsed only on a miss. Failures are never cached.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from bootagent.boot import Boot
 from bootagent.config import Template
 from bootagent.context import Context
 from bootagent.errors import StepError
-from bootagent.state import STATE_DIR
+from bootagent.imds.userdata import MAX_DECODED
+from bootagent.state import CUSTOM_DATA_PATH, STATE_DIR
 from bootagent.steps import StepResult
 
 TEMPLATE_DIR = "/etc/bootagent/templates"
@@ -42,10 +45,12 @@ def run(ctx: Context, boot: Boot) -> StepResult:
     if boot.instance is None:
         return StepResult.skipped("no instance document")
     inputs = context_inputs(ctx, boot)
-    inputs_digest = _digest(json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode())
+    custom_data = _kept_custom_data(ctx)
+    inputs_digest = _digest(json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode()
+                            + b"\0customdata:" + (_digest(custom_data) if custom_data else "").encode())
     old_cache = _load_cache(ctx)
     new_cache: dict[str, dict] = {}
-    lazy = _LazyRender(boot, inputs)
+    lazy = _LazyRender(boot, inputs, custom_data)
     changed, errors = [], []
     srcs = [entry.src for entry in entries]
     for entry in entries:
@@ -88,12 +93,35 @@ def context_hostname(ctx: Context, boot: Boot) -> str:
     return lines[0].strip() if lines and lines[0].strip() else "localhost"
 
 
+def _kept_custom_data(ctx: Context) -> bytes | None:
+    """The customData the customdata step kept (the media is gone at later boots): its
+    digest joins the cache key, so a boot with nothing to do never parses it."""
+    try:
+        return writer.read_file(ctx, CUSTOM_DATA_PATH, limit=MAX_DECODED)
+    except StepError:
+        return None
+
+
+def custom_data_mapping(data: bytes | None) -> dict:
+    """The kept customData's YAML mapping, or {} (none, a script, other bytes, bad YAML)."""
+    if not data:
+        return {}
+    from bootagent.boot import CUSTOM_DATA_FIELD
+    from bootagent.imds.userdata import UserDataError, classify
+
+    try:
+        found = classify(data, CUSTOM_DATA_FIELD)
+    except UserDataError:
+        return {}
+    return found.mapping if found.mapping is not None else {}
+
+
 class _LazyRender:
     """The Jinja side, built on the first cache miss only: the renderer and the context
-    (whose userData mapping is decoded here, never on the fast path)."""
+    (whose userData and customData mappings are decoded here, never on the fast path)."""
 
-    def __init__(self, boot: Boot, inputs: dict):
-        self.boot, self.inputs = boot, inputs
+    def __init__(self, boot: Boot, inputs: dict, custom_data: bytes | None = None):
+        self.boot, self.inputs, self.custom_data = boot, inputs, custom_data
         self._renderer = self._context = None
 
     def get(self):
@@ -102,7 +130,8 @@ class _LazyRender:
 
             self._renderer = Renderer()
             self._context = {**self.inputs, "tags": tag_map(self.boot.instance.tags),
-                             "userdata": self.boot.user_data_mapping()}
+                             "userdata": self.boot.user_data_mapping(),
+                             "customdata": custom_data_mapping(self.custom_data)}
         return self._renderer, self._context
 
 

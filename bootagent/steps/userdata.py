@@ -13,7 +13,8 @@ once per instance whatever its exit status, even if it reboots the machine) and 
 saved to /var/lib/bootagent/user-data.output (0600) and its tail logged.
 
 userData content never appears in a log line, an error or result.json; the script's
-output is the user's own report and may be logged.
+output is the user's own report and may be logged. The customdata step keeps and runs
+the media's customData through `keep`, `forget` and `run_script` here, with its own `Kept`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from bootagent import writer
 from bootagent.boot import Boot
 from bootagent.context import Context
 from bootagent.errors import StepError
-from bootagent.imds.userdata import UserDataError
+from bootagent.imds.userdata import UserData, UserDataError
 from bootagent.imds.versions import has_user_data
 from bootagent.log import log
+from bootagent.record import Record
 from bootagent.script import ScriptRun, execute
 from bootagent.state import STATE_DIR
 from bootagent.steps import StepResult
@@ -38,6 +40,19 @@ LOGGED_LINES = 20           # lines of the output's tail logged
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+class Kept(Record, frozen=True):
+    """Where a step keeps its decoded data and its script's output: userData and the
+    media's customData share this step's code, each with its own files and name."""
+
+    step: str
+    label: str
+    path: str
+    output: str
+
+
+USER_DATA = Kept(STEP, "userData", USER_DATA_PATH, OUTPUT_PATH)
+
+
 def run(ctx: Context, boot: Boot) -> StepResult:
     if not has_user_data(boot.api_version):
         return StepResult.skipped(f"api-version {boot.api_version} has no userData")
@@ -46,59 +61,64 @@ def run(ctx: Context, boot: Boot) -> StepResult:
     except UserDataError as err:
         return StepResult.failed(str(err))
     if found is None or not found.data:
-        return _no_user_data(ctx)
+        return forget(ctx, USER_DATA, "no userData")
+    return keep(ctx, USER_DATA, found)
+
+
+def keep(ctx: Context, kept: Kept, found: UserData) -> StepResult:
+    """Save the decoded bytes (0700 for a `#!` script, which is left pending for the runner)."""
     mode = 0o700 if found.kind == "script" else 0o600
-    changed = writer.write_file(ctx, USER_DATA_PATH, found.data, mode=mode, secret=True)
-    outcome = StepResult.done([USER_DATA_PATH] if changed else [])
+    changed = writer.write_file(ctx, kept.path, found.data, mode=mode, secret=True)
+    outcome = StepResult.done([kept.path] if changed else [])
     outcome.details["kind"] = found.kind
     if found.kind == "script":
         outcome.details["script"] = "pending"
-    log(ctx, "info", f"userData is {found.kind} ({len(found.data)} bytes), kept at {USER_DATA_PATH}", STEP)
+    log(ctx, "info", f"{kept.label} is {found.kind} ({len(found.data)} bytes), kept at {kept.path}", kept.step)
     return outcome
 
 
-def _no_user_data(ctx: Context) -> StepResult:
-    """No userData for this instance: an earlier instance's (an image captured without
+def forget(ctx: Context, kept: Kept, reason: str) -> StepResult:
+    """Nothing for this instance: an earlier instance's copy (an image captured without
     `bootagent clean`) must not stay behind, it may hold that instance's secrets."""
-    outcome = StepResult.skipped("no userData")
-    if writer.remove_file(ctx, USER_DATA_PATH):
-        outcome.changed.append(USER_DATA_PATH)
+    outcome = StepResult.skipped(reason)
+    if writer.remove_file(ctx, kept.path):
+        outcome.changed.append(kept.path)
     return outcome
 
 
-def run_script(ctx: Context, boot: Boot, *, force_live: bool = False) -> StepResult:
-    """The userdata step's final result once its pending script was run (or skipped).
+def run_script(ctx: Context, boot: Boot, *, force_live: bool = False, kept: Kept = USER_DATA) -> StepResult:
+    """The step's final result once its pending script was run (or skipped).
 
-    Returns `boot.results["userdata"]` as it is when no script is pending. `force_live`
+    Returns `boot.results[kept.step]` as it is when no script is pending. `force_live`
     is for tests only: it runs the script although the root is not `/`."""
-    saved = boot.results.get(STEP) or StepResult("unchanged")
+    saved = boot.results.get(kept.step) or StepResult("unchanged")
     outcome = saved.replace(changed=list(saved.changed), details=dict(saved.details))
     if outcome.details.get("script") != "pending":
         return outcome
     reason = _why_not(ctx, force_live)
     if reason:
         outcome.details.update(script="skipped", script_reason=reason)
-        log(ctx, "info", f"userData script not run: {reason}", STEP)
+        log(ctx, "info", f"{kept.label} script not run: {reason}", kept.step)
         return outcome
     timeout = ctx.config.userdata.script_timeout
-    ran = execute(ctx.path(USER_DATA_PATH), timeout, env=script_env(ctx), cwd=ctx.root)
+    ran = execute(ctx.path(kept.path), timeout, env=script_env(ctx), cwd=ctx.root)
     if ran.start_error is not None:
         outcome.details["script"] = "not started"
         outcome.status, outcome.error = "failed", (
-            f"userData script {USER_DATA_PATH} could not be started: {ran.start_error}; "
+            f"{kept.label} script {kept.path} could not be started: {ran.start_error}; "
             f"check its #! line and that {STATE_DIR} is not mounted noexec")
         return outcome
-    _save_output(ctx, ran, outcome)
+    _save_output(ctx, ran, outcome, kept)
     outcome.details.update(script="killed" if ran.killed_after is not None else "exited",
                            script_exit_status=ran.exit_status, script_seconds=round(ran.seconds, 3),
-                           script_output=OUTPUT_PATH, script_output_dropped=ran.dropped)
+                           script_output=kept.output, script_output_dropped=ran.dropped)
     problem = _problem(ran)
     if problem:
         outcome.status, outcome.error = "failed", (
-            f"userData script {problem}; its output is in {OUTPUT_PATH}; "
+            f"{kept.label} script {problem}; its output is in {kept.output}; "
             "it does not run again for this instance")
     log(ctx, "error" if problem else "info",
-        f"userData script {problem or 'exited with status 0'} after {ran.seconds:.1f} s", STEP)
+        f"{kept.label} script {problem or 'exited with status 0'} after {ran.seconds:.1f} s", kept.step)
     return outcome
 
 
@@ -126,19 +146,19 @@ def _problem(ran: ScriptRun) -> str | None:
     return None
 
 
-def _save_output(ctx: Context, ran: ScriptRun, outcome: StepResult) -> None:
+def _save_output(ctx: Context, ran: ScriptRun, outcome: StepResult, kept: Kept) -> None:
     try:
-        if writer.write_file(ctx, OUTPUT_PATH, ran.output, mode=0o600):
-            outcome.changed.append(OUTPUT_PATH)
+        if writer.write_file(ctx, kept.output, ran.output, mode=0o600):
+            outcome.changed.append(kept.output)
     except StepError as err:
-        log(ctx, "warning", f"the script's output could not be saved: {err}", STEP)
+        log(ctx, "warning", f"the script's output could not be saved: {err}", kept.step)
     lines = ran.output.decode("utf-8", "replace").splitlines()[-LOGGED_LINES:]
     if lines:
         note = f", {ran.dropped} bytes of it not kept" if ran.dropped else ""
-        log(ctx, "info", f"last {len(lines)} lines of the script's output (saved in {OUTPUT_PATH}{note}):",
-            STEP)
+        log(ctx, "info", f"last {len(lines)} lines of the script's output (saved in {kept.output}{note}):",
+            kept.step)
     for line in lines:
-        log(ctx, "info", "| " + printable(line), STEP)
+        log(ctx, "info", "| " + printable(line), kept.step)
 
 
 def printable(line: str, limit: int = 300) -> str:

@@ -31,6 +31,7 @@ SYSTEM_BIN_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 TOOL_TIMEOUT = 60
 SUDOERS_DIR = "/etc/sudoers.d"
 SUDOERS_FILE = f"{SUDOERS_DIR}/90-bootagent-users"  # no '.' in the name: sudo would skip it
+PASSWORD_STATE = "password"   # per-instance state: the media's password was applied
 _USERADD_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
@@ -80,10 +81,12 @@ def run(ctx: Context, boot: Boot) -> StepResult:
     existing = accounts.user(ctx, name)
     if existing is not None:
         boot.admin = existing
-        return StepResult.done([SUDOERS_FILE] if grant_sudo(ctx, name) else [])
+        return admin_ready(ctx, boot, name, [])
     groups = _existing_groups(ctx)
     if ctx.dry_run:
         locked = ", password locked" if lock else ""
+        if boot.password is not None:
+            locked = ", password set from the provisioning media"
         ctx.changes.append(("/etc/passwd", f"would create user {name} in groups "
                                            f"{', '.join(groups) or '(none)'}{locked}"))
         return StepResult.done(["/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow"])
@@ -98,29 +101,75 @@ def run(ctx: Context, boot: Boot) -> StepResult:
     boot.admin = account
     after = _databases(ctx)
     changed = [path for path in before if before[path] != after[path]]
-    if grant_sudo(ctx, name):
-        changed.append(SUDOERS_FILE)
     if account.home.startswith("/") and writer.exists(ctx, account.home):
         changed.append(account.home)
-    return StepResult.done(changed)
+    return admin_ready(ctx, boot, name, changed)
 
 
-def grant_sudo(ctx: Context, name: str) -> bool:
-    """Let the new admin use sudo without a password, as Azure's own agents do.
+def admin_ready(ctx: Context, boot: Boot, name: str, changed: list) -> StepResult:
+    """The account is there: its password from the media (once per instance), its sudo
+    rule, sshd's password setting. A password that cannot be applied fails the step but
+    leaves the account usable (`admin_ready`), so ssh_keys still installs the keys."""
+    from bootagent import password as passwords
 
-    IMDS never carries a password, so the admin has none to type: without this rule
-    the admin of a VM could not administer it. `users.sudo: false` turns it off; an
-    image without sudo (no /etc/sudoers.d) gets nothing."""
+    problems, notes = [], {}
+    secret = boot.password
+    if secret is not None:
+        try:
+            passwords.check(secret)
+        except StepError as err:
+            problems.append(str(err))
+            secret = None
+    if secret is not None and not boot.state.done(PASSWORD_STATE):
+        if passwords.apply(ctx, name, secret) and "/etc/shadow" not in changed:
+            changed.append("/etc/shadow")
+        if not ctx.dry_run:
+            boot.state.record(PASSWORD_STATE, True)
+        notes["password"] = "set from the provisioning media"
+    if grant_sudo(ctx, name, ask_password=secret is not None):
+        changed.append(SUDOERS_FILE)
+    changed += _sshd_password_setting(ctx, boot, notes)
+    outcome = StepResult.failed("; ".join(problems), changed) if problems else StepResult.done(changed)
+    outcome.details.update(notes, admin_ready=True)
+    return outcome
+
+
+def _sshd_password_setting(ctx: Context, boot: Boot, notes: dict) -> list[str]:
+    """PasswordAuthentication from disablePasswordAuthentication (IMDS, else the media's;
+    the document already holds the media's when IMDS had none); absent: untouched."""
+    from bootagent import sshd
+
+    value = boot.instance.disable_password_auth
+    if value is None or value == "":
+        return []
+    changed, why_not = sshd.set_password_authentication(ctx, not password_disabled(value))
+    if why_not:
+        notes["sshd"] = why_not
+        log(ctx, "warning", why_not, step=STEP)
+    return [sshd.DROP_IN] if changed else []
+
+
+def grant_sudo(ctx: Context, name: str, ask_password: bool = False) -> bool:
+    """Let the new admin use sudo, as Azure's own agents do: without a password unless
+    the admin has one (from the provisioning media), which it then asks for.
+
+    IMDS never carries a password, so without the media the admin has none to type:
+    without this rule the admin of a VM could not administer it. `users.sudo: false`
+    turns it off; an image without sudo (no /etc/sudoers.d) gets nothing."""
     if not ctx.config.users.sudo:
         return False
     if not os.path.isdir(ctx.path(SUDOERS_DIR)):
         return False
     current = writer.read_file(ctx, SUDOERS_FILE, limit=1 << 20) or b""
-    rule = f"{name} ALL=(ALL) NOPASSWD:ALL\n".encode()
-    if rule in current.splitlines(keepends=True):
+    rule, other = (f"{name} ALL=(ALL) {spec}\n".encode()
+                   for spec in (("ALL", "NOPASSWD:ALL") if ask_password else ("NOPASSWD:ALL", "ALL")))
+    lines = current.splitlines(keepends=True)
+    if rule in lines and other not in lines:
         return False
-    header = b"" if current else b"# Written by bootagent for the VM's admin user (users.sudo).\n"
-    return writer.write_file(ctx, SUDOERS_FILE, current + header + rule, mode=0o440)
+    kept = b"".join(line for line in lines if line != other)
+    header = b"" if kept else b"# Written by bootagent for the VM's admin user (users.sudo).\n"
+    body = kept + header + (b"" if rule in lines else rule)
+    return writer.write_file(ctx, SUDOERS_FILE, body, mode=0o440)
 
 
 def lock_password(ctx: Context, name: str) -> bool:

@@ -29,6 +29,9 @@ exec chroot "$jail" "$@"
 DEVICES = {"null": 3, "zero": 5, "random": 8, "urandom": 9}
 
 
+JAIL_CONFIG = "network:\n  enabled: false\n"
+
+
 def jail_root(path: Path) -> Path:
     build_root(path)
     for name in ("bin", "sbin", "lib", "lib64"):
@@ -39,6 +42,10 @@ def jail_root(path: Path) -> Path:
         os.mknod(path / "dev" / name, 0o666 | 0o020000, os.makedev(1, minor))
         os.chmod(path / "dev" / name, 0o666)
     os.chmod(path / "tmp", 0o1777)
+    # the jail shares the host's network and /usr (netplan included): the network step is
+    # never the jail's to run; a test that writes its own configuration keeps this line
+    (path / "etc/bootagent").mkdir(parents=True, exist_ok=True)
+    (path / "etc/bootagent/bootagent.yaml").write_text(JAIL_CONFIG)
     return path
 
 

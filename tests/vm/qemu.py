@@ -85,7 +85,8 @@ class VM:
     def __init__(self, disk: Path, kernel: Path, initrd: Path, *, workdir: Path,
                  vm_uuid: str, fake_port: int, name: str = "vm", accel: str | None = None,
                  memory: int = 1024, cpus: int = 2, append: str = "",
-                 extra_args: list[str] = (), second_nic_mac: str | None = None):
+                 extra_args: list[str] = (), second_nic_mac: str | None = None,
+                 cdrom: Path | None = None):
         self.disk, self.kernel, self.initrd = Path(disk), Path(kernel), Path(initrd)
         self.workdir = Path(workdir)
         self.vm_uuid = vm_uuid
@@ -94,8 +95,11 @@ class VM:
         self.accel = accel
         self.memory, self.cpus = memory, cpus
         self.append = append
-        self.extra_args = list(extra_args)  # more QEMU arguments, e.g. a CD-ROM
+        self.extra_args = list(extra_args)  # more QEMU arguments
         self.second_nic_mac = second_nic_mac  # a second NIC on SECOND_NET with this MAC
+        # an image attached as a SCSI CD (virtio-scsi; the guest sees /dev/sr0), as Azure
+        # attaches its provisioning media; None: no CD drive at all
+        self.cdrom = Path(cdrom) if cdrom is not None else None
         self.ssh_port: int | None = None
         self.proc: subprocess.Popen | None = None
         self.console_log = self.workdir / f"{name}.console.log"
@@ -133,6 +137,10 @@ class VM:
             cmd += ["-netdev", f"user,id=n2,net={SECOND_NET}",
                     "-device", f"virtio-net-pci,netdev=n2,mac={self.second_nic_mac}"]
         cmd += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg"]
+        if self.cdrom is not None:
+            cmd += ["-device", "virtio-scsi-pci,id=scsi0",
+                    "-drive", f"file={self.cdrom},if=none,id=cd0,media=cdrom,readonly=on,format=raw",
+                    "-device", "scsi-cd,drive=cd0,bus=scsi0.0"]
         return cmd + self.extra_args
 
     def boot(self) -> "VM":
