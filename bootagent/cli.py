@@ -229,16 +229,13 @@ def cmd_host_keys(args) -> int:
     (which lives on the root): the run fetches and provisions beside it, and only the
     run's host_keys step waits, then finds this instance's keys in place. It logs its
     result and writes nothing but the keys and their instance record."""
-    from bootagent.log import log
+    from bootagent.log import log_step
     from bootagent.steps import host_keys
 
     ctx = _context(args, imds=False)
     outcome = host_keys.run(ctx, None, remount_wait=host_keys.REMOUNT_TIMEOUT)
-    detail = outcome.error or outcome.reason or ", ".join(outcome.changed)
-    failed = outcome.status == "failed"
-    log(ctx, "error" if failed else "info", f"{outcome.status}{': ' + detail if detail else ''}",
-        step="host_keys")
-    return 1 if failed else 0
+    log_step(ctx, "host_keys", outcome)
+    return 1 if outcome.status == "failed" else 0
 
 
 def cmd_fake_imds(args) -> int:

@@ -17,6 +17,7 @@ from bootagent import __version__, writer
 from bootagent.context import Context, split_logical
 from bootagent.errors import ConfigError, UnsafePath
 from bootagent.imds.versions import SUPPORTED_API_VERSIONS
+from bootagent.text import one_line, quoted
 
 CONFIG_PATH = "/etc/bootagent/bootagent.yaml"
 CACHE_PATH = "/var/lib/bootagent/config-cache.json"
@@ -102,18 +103,13 @@ def _parse_yaml(data: bytes, source: str) -> object:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         why = getattr(err, "problem", None) or err  # a ReaderError has no `problem`
-        raise ConfigError(f"{source} is not valid YAML{where}: {_one_line(why)}") from None
+        raise ConfigError(f"{source} is not valid YAML{where}: {one_line(why)}") from None
     except Exception as err:  # noqa: BLE001
         # PyYAML's constructors raise plain ValueError/KeyError/TypeError on a malformed
         # scalar (`2001-02-30`, `!!bool x`); safe_load builds only plain data, so any
         # failure is a malformed file, never a bug to report.
         raise ConfigError(f"{source} is not valid YAML: a dated or tagged value is malformed "
-                          f"({_one_line(err)})") from None
-
-
-def _one_line(why: object) -> str:
-    text = " ".join(str(why).split())
-    return text if len(text) <= 200 else text[:197] + "..."
+                          f"({one_line(err)})") from None
 
 
 def validate(raw: object, source: str) -> dict:
@@ -125,17 +121,17 @@ def validate(raw: object, source: str) -> dict:
     config = defaults()
     for section, value in raw.items():
         if section not in DEFAULTS:
-            raise ConfigError(f"{source}: unknown key '{section}' (known: {', '.join(DEFAULTS)})")
+            raise ConfigError(f"{source}: unknown key {quoted(section)} (known: {', '.join(DEFAULTS)})")
         if section == "templates":
             config["templates"] = _templates(value, source)
             continue
         if value is None:
             continue
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: '{section}' must be a mapping")
+            raise ConfigError(f"{source}: {quoted(section)} must be a mapping")
         for key, item in value.items():
             if key not in DEFAULTS[section]:
-                raise ConfigError(f"{source}: unknown key '{section}.{key}' "
+                raise ConfigError(f"{source}: unknown key {quoted(f'{section}.{key}')} "
                                   f"(known: {', '.join(DEFAULTS[section])})")
             config[section][key] = _check(f"{section}.{key}", item, source)
     return config
@@ -143,7 +139,7 @@ def validate(raw: object, source: str) -> dict:
 
 def _check(key: str, value: object, source: str) -> object:
     def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{source}: '{key}' must be {expected}, not {value!r}")
+        return ConfigError(f"{source}: '{key}' must be {expected}, not {quoted(value)}")
 
     if key in ("hostname.enabled", "users.enabled", "users.sudo", "ssh.enabled", "userdata.run_scripts"):
         if not isinstance(value, bool):
@@ -189,23 +185,23 @@ def _template_entry(entry: object, index: int, source: str) -> dict:
         raise ConfigError(f"{where} must be a mapping with src and dest")
     unknown = set(entry) - TEMPLATE_KEYS
     if unknown:
-        raise ConfigError(f"{where}: unknown key '{sorted(unknown)[0]}' (known: {', '.join(sorted(TEMPLATE_KEYS))})")
+        raise ConfigError(f"{where}: unknown key {quoted(sorted(unknown, key=str)[0])} (known: {', '.join(sorted(TEMPLATE_KEYS))})")
     src, dest = entry.get("src"), entry.get("dest")
     if not isinstance(src, str) or not src or src.startswith("/") or ".." in src.split("/"):
-        raise ConfigError(f"{where}.src must be a file name under /etc/bootagent/templates/, not {src!r}")
+        raise ConfigError(f"{where}.src must be a file name under /etc/bootagent/templates/, not {quoted(src)}")
     if not isinstance(dest, str) or not dest.startswith("/"):
-        raise ConfigError(f"{where}.dest must be an absolute path, not {dest!r}")
+        raise ConfigError(f"{where}.dest must be an absolute path, not {quoted(dest)}")
     try:
         if not split_logical(dest):
             raise UnsafePath("the root itself")
     except UnsafePath:
-        raise ConfigError(f"{where}.dest {dest!r} leaves the root or names no file") from None
+        raise ConfigError(f"{where}.dest {quoted(dest)} leaves the root or names no file") from None
     when = entry.get("when")
     if when is not None and not isinstance(when, str):
         raise ConfigError(f"{where}.when must be a Jinja expression in a string")
     for key in ("owner", "group"):
         if key in entry and not (isinstance(entry[key], str) and _NAME.match(entry[key])):
-            raise ConfigError(f"{where}.{key} must be a user or group name, not {entry[key]!r}")
+            raise ConfigError(f"{where}.{key} must be a user or group name, not {quoted(entry[key])}")
     return {"src": src, "dest": dest, "when": when, "mode": _mode(entry.get("mode", "0644"), where),
             "owner": entry.get("owner", "root"), "group": entry.get("group", "root")}
 
@@ -224,7 +220,7 @@ def _mode(value: object, where: str) -> int:
                               f"mode; quote it, e.g. mode: \"{meant}\"")
         mode = value
     else:
-        raise ConfigError(f"{where}.mode must be an octal mode such as \"0644\", not {value!r}")
+        raise ConfigError(f"{where}.mode must be an octal mode such as \"0644\", not {quoted(value)}")
     if not 0 <= mode <= 0o7777:
-        raise ConfigError(f"{where}.mode {value!r} is not a file mode")
+        raise ConfigError(f"{where}.mode {quoted(value)} is not a file mode")
     return mode

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping  # not typing: 2 ms of import in every process
+from collections.abc import (  # not typing: 2 ms of import in every process
+    Callable,
+    Mapping,
+)
 
 from bootagent.errors import UnsafePath
 from bootagent.record import Factory, Record
@@ -36,6 +39,7 @@ class Context(Record):
 
     def __post_init__(self):
         self.root = os.path.abspath(self.root)
+        self._live = same_directory(self.root, "/")
         kill_at = self.env.get("BOOTAGENT_FAULT_KILL_AT", "")
         self._kill_at = int(kill_at) if kill_at.isdigit() else 0
         self._count_file = self.env.get("BOOTAGENT_FAULT_COUNT_FILE", "")
@@ -43,8 +47,9 @@ class Context(Record):
 
     @property
     def live(self) -> bool:
-        """True when provisioning the running system: only then are live side effects allowed."""
-        return self.root == "/"
+        """True when provisioning the running system (the root is `/` itself, however it is
+        spelled: `//`, a symlink to it): only then are live side effects allowed."""
+        return self._live
 
     def path(self, logical: str) -> str:
         """Map an absolute path of the provisioned system to where it lies under the root."""
@@ -65,6 +70,15 @@ class Context(Record):
         if self._kill_at and self.write_points == self._kill_at:
             import signal
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def same_directory(path: str, other: str) -> bool:
+    """Whether two paths name the same directory (device and inode, links followed)."""
+    try:
+        first, second = os.stat(path), os.stat(other)
+    except OSError:
+        return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
 
 
 def split_logical(logical: str) -> list[str]:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from bootagent.errors import BootagentError, StepError
 from bootagent.record import Record
+from bootagent.text import quoted
 
 CHECK_TIMEOUT = 3.0
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
@@ -149,7 +150,7 @@ def check_route(doc: Doctor) -> Check:
 
 def check_tcp(doc: Doctor) -> Check:
     if not doc.host:
-        return Check("tcp", "FAIL", f"the IMDS URL {doc.ctx.imds_url!r} names no host; fix imds.url or --imds-url")
+        return Check("tcp", "FAIL", f"the IMDS URL {quoted(doc.ctx.imds_url)} names no host; fix imds.url or --imds-url")
     started = doc.ctx.clock()
     try:
         with socket.create_connection((doc.host, doc.port), timeout=CHECK_TIMEOUT):

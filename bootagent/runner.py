@@ -22,9 +22,10 @@ from bootagent.boot import Boot
 from bootagent.context import Context
 from bootagent.errors import BootagentError, DocumentError
 from bootagent.imds.document import Instance, parse_body
-from bootagent.log import log
+from bootagent.log import log, log_step
 from bootagent.state import InstanceState, run_lock
 from bootagent.steps import StepResult
+from bootagent.text import one_line
 
 PER_INSTANCE = ("hostname", "users", "ssh_keys", "userdata")
 MAX_METADATA_FILE = 4 << 20
@@ -54,7 +55,9 @@ class HostKeysJob:
         self.thread.start()
 
     def _run(self, vm_id: str | None) -> None:
-        from bootagent.steps import host_keys  # imported by start() or, without a thread, here
+        from bootagent.steps import (
+            host_keys,  # imported by start() or, without a thread, here
+        )
         self.result = _guarded("host_keys", lambda: host_keys.run(self.ctx, vm_id))
 
     def finish(self, vm_id: str | None) -> StepResult:
@@ -77,7 +80,11 @@ def _guarded(name: str, call) -> StepResult:
 
 
 def run(ctx: Context, *, metadata_file: str | None = None) -> tuple[int, dict]:
-    """The boot job. Returns (exit code, the result record)."""
+    """The boot job. Returns (exit code, the result record).
+
+    result.json is written however the run ends (SPEC "Hardening"): a fetch that fails,
+    a per-instance state that cannot be read or saved, even a bug, is the record's
+    `error`, so `status --wait` never waits for a run that has ended."""
     started = ctx.wall()
     with run_lock(ctx) if not ctx.dry_run else _nothing():
         host_keys_job = HostKeysJob(ctx)
@@ -85,24 +92,38 @@ def run(ctx: Context, *, metadata_file: str | None = None) -> tuple[int, dict]:
             host_keys_job.start(None)
         imds_info = {"url": ctx.imds_url if not metadata_file else f"file:{metadata_file}",
                      "api_version": ctx.config["imds"]["api_version"], "requests": 0}
+        results: dict[str, StepResult] = {}
+        instance: Instance | None = None
+        error: str | None = "the run was interrupted"
+        code = 1
         try:
             instance = _fetch(ctx, metadata_file, imds_info)
+            # the moment the document is had: the real-boot test times the rest of the run from it
+            log(ctx, "info", "instance document received")
+            _provision(ctx, instance, imds_info["api_version"], host_keys_job, results)
+            error, code = None, 0
         except BootagentError as err:
-            results = {"host_keys": host_keys_job.finish(None)}
-            _log_step(ctx, "host_keys", results["host_keys"])
-            log(ctx, "error", str(err))
-            record = result.build(instance_id=None, started=started, finished=ctx.wall(),
-                                  imds=imds_info, results=results, error=str(err))
-            result.write(ctx, record)
+            error = str(err)
             code = 2 if metadata_file and isinstance(err, DocumentError) else err.exit_code
-            return code, record
-        # the moment the document is had: the real-boot test times the rest of the run from it
-        log(ctx, "info", "instance document received")
-        boot = _provision(ctx, instance, imds_info["api_version"], host_keys_job)
-        record = result.build(instance_id=instance.vm_id, started=started, finished=ctx.wall(),
-                              imds=imds_info, results=boot.results)
-        result.write(ctx, record)
-    return (0 if record["status"] == "ok" else 1), record
+        except Exception as err:  # a bug: recorded like any failure, never a run without a result
+            error = f"internal error: {type(err).__name__}: {one_line(err)}; please report it"
+        finally:
+            if "host_keys" not in results and error != "the run was interrupted":
+                results["host_keys"] = host_keys_job.finish(instance.vm_id if instance else None)
+                log_step(ctx, "host_keys", results["host_keys"])
+            if error is not None:
+                log(ctx, "error", error)
+            record = result.build(instance_id=instance.vm_id if instance else None, started=started,
+                                  finished=ctx.wall(), imds=imds_info, results=results, error=error,
+                                  boot=result.boot_id())
+            try:
+                result.write(ctx, record)
+            except BootagentError as err:
+                log(ctx, "error", f"cannot record the run's result: {err}")
+                code = 1
+    if code == 0 and record["status"] != "ok":
+        code = 1
+    return code, record
 
 
 class _nothing:
@@ -114,7 +135,10 @@ class _nothing:
 
 
 def _host_keys_early(ctx: Context) -> bool:
-    if ctx.config["ssh"]["host_keys"] == "off" or not writer.exists(ctx, "/etc/ssh/sshd_config"):
+    try:
+        if ctx.config["ssh"]["host_keys"] == "off" or not writer.exists(ctx, "/etc/ssh/sshd_config"):
+            return False
+    except BootagentError:  # a symlink on the way: the step itself says so, after the fetch
         return False
     from bootagent.steps import host_keys
     return host_keys.dmi_uuid(ctx) is not None
@@ -143,13 +167,16 @@ def _fetch(ctx: Context, metadata_file: str | None, imds_info: dict) -> Instance
         imds_info["api_version"] = client.api_version
 
 
-def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job: HostKeysJob) -> Boot:
+def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job: HostKeysJob,
+               results: dict[str, StepResult]) -> Boot:
+    """The steps, into `results`. A per-instance state that cannot be read stops here (no
+    step may run twice for want of it); one that cannot be saved is the run's error."""
     from bootagent.steps import report, templates
 
     if ctx.log is not None:
         ctx.log.instance_id = instance.instance_id
     state = InstanceState.load(ctx)
-    boot = Boot(instance, state, state.begin(instance.instance_id), api_version)
+    boot = Boot(instance, state, state.begin(instance.instance_id), api_version, results=results)
     if not boot.new_instance:
         boot.hostname = state.get("hostname").get("hostname")
     for name in PER_INSTANCE:
@@ -157,7 +184,7 @@ def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job
     _step(ctx, boot, "templates", templates.run)
     # joined as late as it can be: while the early unit makes the keys, the steps above run
     boot.results["host_keys"] = host_keys_job.finish(instance.vm_id)
-    _log_step(ctx, "host_keys", boot.results["host_keys"])
+    log_step(ctx, "host_keys", boot.results["host_keys"])
     _step(ctx, boot, "report_ready", report.run)
     _run_script(ctx, boot)
     if not ctx.dry_run:
@@ -170,7 +197,7 @@ def _per_instance(ctx: Context, boot: Boot, name: str) -> None:
     only when it runs: a later boot loads none of them (nor subprocess, shutil, select)."""
     if boot.state.done(name):
         boot.results[name] = StepResult("unchanged")
-        _log_step(ctx, name, boot.results[name])
+        log_step(ctx, name, boot.results[name])
         return
     _step(ctx, boot, name, __import__(f"bootagent.steps.{name}", fromlist=["run"]).run)
     outcome = boot.results[name]
@@ -185,7 +212,7 @@ def _step(ctx: Context, boot: Boot, name: str, call) -> None:
     if ctx.log is not None:
         ctx.log.status(f"step {name}")
     boot.results[name] = _guarded(name, lambda: call(ctx, boot))
-    _log_step(ctx, name, boot.results[name])
+    log_step(ctx, name, boot.results[name])
 
 
 def _run_script(ctx: Context, boot: Boot) -> None:
@@ -200,14 +227,12 @@ def _run_script(ctx: Context, boot: Boot) -> None:
 
     if ctx.live and not ctx.dry_run and ctx.config["userdata"]["run_scripts"]:
         boot.state.record("userdata", True, script_started=True)
-        boot.state.save(ctx)
+        boot.state.save(ctx)  # a save that fails stops here: the script must not run twice
     final = _guarded("userdata", lambda: userdata.run_script(ctx, boot))
     final.changed = outcome.changed + [p for p in final.changed if p not in outcome.changed]
     boot.results["userdata"] = final
-    _log_step(ctx, "userdata", final)
-
-
-def _log_step(ctx: Context, name: str, outcome: StepResult) -> None:
-    detail = outcome.error or outcome.reason or ", ".join(outcome.changed)
-    level = "error" if outcome.status == "failed" else "info"
-    log(ctx, level, f"{outcome.status}{': ' + detail if detail else ''}", step=name)
+    if final.details.get("script") == "skipped":
+        # not done: once scripts may run (userdata.run_scripts, the live root), the next
+        # boot runs the step again, and the script with it (SPEC "Hardening")
+        boot.state.forget("userdata")
+    log_step(ctx, "userdata", final)

@@ -18,6 +18,7 @@ import select
 import signal
 import subprocess
 import time
+
 from bootagent.record import Record
 
 MAX_OUTPUT = 1 << 20        # bytes of script output kept (head and tail)

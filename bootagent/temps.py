@@ -53,7 +53,7 @@ def sweep(ctx: Context, dir_fd: int) -> None:
             try:
                 os.unlink(entry, dir_fd=dir_fd)
             except IsADirectoryError:  # a directory a killed run was making, or
-                import shutil          # ssh-keygen's work directory, keys in it (host_keys)
+                import shutil  # ssh-keygen's work directory, keys in it (host_keys)
 
                 shutil.rmtree(entry, dir_fd=dir_fd, ignore_errors=True)  # fd-based: no link followed
             except OSError:

@@ -315,6 +315,60 @@ def test_retry_after_is_honoured_never_shortened_by_jitter():
             assert len(clock.sleeps) == 1 and 3.0 <= clock.sleeps[0] <= 3.0 * 1.2, clock.sleeps
 
 
+class _LowerCaseRetryAfter(_RetryAfterThenDocument):
+    """As above, but its header names are lower case, as HTTP allows (names fold case)."""
+
+    def send_header(self, keyword, value):
+        super().send_header(keyword.lower(), value)
+
+
+def test_retry_after_in_lower_case_is_honoured():
+    with loopback_server(_LowerCaseRetryAfter) as url:
+        clock = FakeClock()
+        http = Http(clock, clock.sleep)
+        assert ImdsClient(http, url, VERSION).fetch_document(clock() + 30).vm_id == "retry-after-vm"
+        assert clock.sleeps == [3.0]
+
+
+class _Trickle(BaseHTTPRequestHandler):
+    """Announces a document of 400 bytes and sends a byte every 0.2 s (80 s in all): a
+    server that keeps one attempt alive. `hung_up` counts the clients that left mid-body."""
+
+    protocol_version = "HTTP/1.0"
+    hung_up = 0
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "400")
+        self.end_headers()
+        try:
+            for _ in range(400):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            type(self).hung_up += 1
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_trickling_body_cannot_hold_a_request_past_the_deadline():
+    """Each byte comes well within the read timeout; the deadline still ends the attempt."""
+    with loopback_server(_Trickle) as url:
+        http, client = real_client(url)
+        with pytest.raises(ImdsUnavailable) as caught:
+            client.fetch_document(time.monotonic() + 1.5)
+        message = assert_one_line(str(caught.value))
+        assert "the answer was still arriving at the deadline" in message
+        for _ in range(50):  # the server notices the hang-up at its next byte
+            if _Trickle.hung_up:
+                break
+            time.sleep(0.1)
+        assert _Trickle.hung_up == http.attempts == 1
+
+
 # -- bodies that are not documents: clear errors, bounded memory ---------------------------
 
 

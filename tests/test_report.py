@@ -92,6 +92,17 @@ def test_second_boot_reports_nothing(azure_ctx, fake_imds, document):
     assert wire_requests(fake_imds) == []
 
 
+def test_user_data_words_never_garble_the_not_ready_description(azure_ctx, fake_imds, document):
+    """userData holding common words (`keys`, `host`, `ssh`) leaves the steps' own text as it is."""
+    document["compute"]["userData"] = b64("#cloud-config\nssh: keys\nhost: host\nrole: web\n")
+    error = ("cannot make SSH host key /etc/ssh/ssh_host_rsa_key: ssh-keygen failed (unknown key type); "
+             "check that this ssh-keygen makes that key type")
+    boot = make_boot(document, dict(OK_STEPS, host_keys=StepResult.failed(error)))
+    report.run(azure_ctx(), boot)
+    [health] = fake_imds.health_reports
+    assert health["description"] == f"failed steps: host_keys; host_keys: {error}"
+
+
 def test_failed_step_posts_not_ready_naming_it_without_user_data(azure_ctx, fake_imds, document):
     document["compute"]["userData"] = b64(f"#cloud-config\nhostname: web01\npassword: {SECRET}\n")
     results = dict(OK_STEPS, users=StepResult.failed("useradd refused adminUsername; fix the name"),

@@ -68,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; 0 then, 2 on a bad document, plan or address."""
+    import gc
+
     from .server import FakeImds  # here: server.py imports this module
+
+    gc.enable()  # the agent's short runs go without it; a fake may serve for days
 
     try:
         fake = FakeImds(_document_from(args), faults=getattr(args, "fault", None),

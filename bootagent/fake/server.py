@@ -26,12 +26,39 @@ from .command import FAKE_IMDS_HELP, add_arguments, main, serve  # noqa: F401 - 
 from .faults import Fault, FaultPlan
 from .identity import IDENTITY_PATH, ArcChallenge, IdentityEndpoint
 from .imds import default_document  # noqa: F401 - part of this module's API
-from .messages import (HTML_TYPE, JSON_TYPE, Reply, Request, error_reply, html_error_page,
-                       json_reply, phrase)
+from .messages import (
+    HTML_TYPE,
+    JSON_TYPE,
+    Reply,
+    Request,
+    error_reply,
+    html_error_page,
+    json_reply,
+    phrase,
+)
 from .transport import FakeHTTPServer
 from .wireserver import Wireserver, error_xml, goal_state_of
 
 REPLACING_FAULTS = ("status", "html", "big", "hang", "reset")
+# requests (and health reports) kept in memory: a fake that serves an image pipeline for
+# days must not grow without bound; the --log file keeps every one
+KEEP_REQUESTS = 10_000
+
+
+class KeptLog(list):
+    """A list that keeps only its last `keep` entries; `dropped` counts the others."""
+
+    def __init__(self, keep: int):
+        super().__init__()
+        self.keep = keep
+        self.dropped = 0
+
+    def append(self, entry) -> None:
+        super().append(entry)
+        if len(self) > self.keep:
+            excess = len(self) - self.keep
+            del self[:excess]
+            self.dropped += excess
 
 
 class RateLimiter:
@@ -60,7 +87,7 @@ class FakeImds:
     def __init__(self, document: dict | None = None, *, faults: str | None = None,
                  host: str = "127.0.0.1", port: int = 0, identity: bool = True,
                  arc: bool = False, arc_tokens_dir: str | None = None,
-                 log_path: str | None = None, rate_limit: int = 5):
+                 log_path: str | None = None, rate_limit: int = 5, keep_requests: int = KEEP_REQUESTS):
         self._lock = threading.Lock()
         self._document = document if document is not None else default_document(arc=arc)
         self.plan = FaultPlan(faults)
@@ -71,8 +98,8 @@ class FakeImds:
         self.wireserver = Wireserver()
         self.rate_limiter = RateLimiter(rate_limit)
         self.log_path = log_path
-        self.requests: list[dict] = []
-        self.health_reports: list[dict] = []
+        self.requests: KeptLog = KeptLog(keep_requests)
+        self.health_reports: KeptLog = KeptLog(keep_requests)
         self.stopping = threading.Event()
         self._connections: set = set()
         self._httpd: FakeHTTPServer | None = None
@@ -168,6 +195,7 @@ class FakeImds:
     # -- requests -------------------------------------------------------------
 
     def count(self, path_prefix: str = "/metadata/instance", method: str = "GET") -> int:
+        """Matching requests among those kept (all of them below KEEP_REQUESTS)."""
         with self._lock:
             return sum(1 for entry in self.requests
                        if entry["path"].startswith(path_prefix) and entry["method"] == method)

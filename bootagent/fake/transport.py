@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import select
 import socket
-import sys
 import struct
+import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 

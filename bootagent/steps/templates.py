@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import stat
 
 from bootagent import __version__, accounts, writer
@@ -137,8 +136,10 @@ def _still_there(ctx: Context, entry: dict, owner: tuple[int, int], known: dict)
         current = writer.read_file(ctx, entry["dest"], limit=MAX_TEMPLATE * 8)
         if current is None or _digest(current) != known.get("sha256"):
             return False
-        info = os.lstat(ctx.path(entry["dest"]))
+        info = writer.lstat(ctx, entry["dest"])
     except (StepError, OSError):
+        return False
+    if info is None:
         return False
     return stat.S_IMODE(info.st_mode) == entry["mode"] and (info.st_uid, info.st_gid) == owner
 

@@ -30,6 +30,7 @@ from bootagent.log import log
 from bootagent.script import ScriptRun, execute
 from bootagent.state import STATE_DIR
 from bootagent.steps import StepResult
+from bootagent.text import escaped, shorten
 
 STEP = "userdata"
 USER_DATA_PATH = f"{STATE_DIR}/user-data"
@@ -138,12 +139,7 @@ def _save_output(ctx: Context, ran: ScriptRun, outcome: StepResult) -> None:
         log(ctx, "info", f"last {len(lines)} lines of the script's output (saved in {OUTPUT_PATH}{note}):",
             STEP)
     for line in lines:
-        log(ctx, "info", "| " + printable(line), STEP)
-
-
-def printable(line: str, limit: int = 300) -> str:
-    text = "".join(ch if ch.isprintable() or ch == "\t" else "?" for ch in line[:limit])
-    return text + ("..." if len(line) > limit else "")
+        log(ctx, "info", "| " + shorten(escaped(line), 300), STEP)
 
 
 def script_env(ctx: Context) -> dict:
