@@ -185,7 +185,8 @@ def _template_entry(entry: object, index: int, source: str) -> dict:
         raise ConfigError(f"{where} must be a mapping with src and dest")
     unknown = set(entry) - TEMPLATE_KEYS
     if unknown:
-        raise ConfigError(f"{where}: unknown key {quoted(sorted(unknown, key=str)[0])} (known: {', '.join(sorted(TEMPLATE_KEYS))})")
+        raise ConfigError(f"{where}: unknown key {quoted(sorted(unknown, key=str)[0])} "
+                          f"(known: {', '.join(sorted(TEMPLATE_KEYS))})")
     src, dest = entry.get("src"), entry.get("dest")
     if not isinstance(src, str) or not src or src.startswith("/") or ".." in src.split("/"):
         raise ConfigError(f"{where}.src must be a file name under /etc/bootagent/templates/, not {quoted(src)}")

@@ -14,7 +14,10 @@ from collections.abc import (  # not typing: 2 ms of import in every process
 )
 
 from bootagent.errors import UnsafePath
-from bootagent.record import Factory, Record
+from bootagent.record import TYPE_CHECKING, Factory, Record
+
+if TYPE_CHECKING:
+    from bootagent.log import Log
 
 
 class Context(Record):
@@ -25,7 +28,7 @@ class Context(Record):
     sleep: Callable[[float], None] = time.sleep
     wall: Callable[[], float] = time.time
     env: Mapping[str, str] = Factory(lambda: os.environ)
-    log: object = None
+    log: Log | None = None
     imds_url: str = ""
     on_arc: bool = False
     deadline: float = float("inf")

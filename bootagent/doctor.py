@@ -41,7 +41,7 @@ class Check(Record):
 class Doctor:
     """What the checks share: the context, one HTTP client (its rate cap), earlier outcomes."""
 
-    def __init__(self, ctx):
+    def __init__(self, ctx) -> None:
         from bootagent.http import Http
 
         self.ctx = ctx
@@ -150,7 +150,8 @@ def check_route(doc: Doctor) -> Check:
 
 def check_tcp(doc: Doctor) -> Check:
     if not doc.host:
-        return Check("tcp", "FAIL", f"the IMDS URL {quoted(doc.ctx.imds_url)} names no host; fix imds.url or --imds-url")
+        return Check("tcp", "FAIL",
+                     f"the IMDS URL {quoted(doc.ctx.imds_url)} names no host; fix imds.url or --imds-url")
     started = doc.ctx.clock()
     try:
         with socket.create_connection((doc.host, doc.port), timeout=CHECK_TIMEOUT):

@@ -13,6 +13,7 @@ import os
 import random
 from collections import deque
 from collections.abc import Callable
+from typing import Any, TypeVar  # requests imports typing already: no cost here
 
 import requests
 
@@ -29,13 +30,14 @@ FIRST_BACKOFF = 0.25
 MAX_BACKOFF = 4.0
 QUICK_RETRY = 0.2
 RETRY_STATUSES = frozenset({410, 429}) | frozenset(range(500, 600))
+_T = TypeVar("_T")
 
 
 class Headers(dict):
     """Header names compared without regard to case (SPEC "Hardening"): a `retry-after` is
     a Retry-After. Keys are kept as the server sent them; lookups fold case."""
 
-    def __init__(self, items=()):
+    def __init__(self, items: Any = ()):
         super().__init__()
         self._names: dict[str, str] = {}
         for name, value in (items.items() if hasattr(items, "items") else items):
@@ -54,7 +56,7 @@ class Headers(dict):
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._names
 
-    def get(self, name: str, default=None):  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         return self[name] if name in self else default
 
 
@@ -80,7 +82,7 @@ class Http:
         self.sleep = sleep
         self.max_body = max_body
         self.attempts = 0
-        self._sent = deque(maxlen=RATE_MAX)
+        self._sent: deque[float] = deque(maxlen=RATE_MAX)
         self.session = session or requests.Session()
         self.session.trust_env = False
         # identity: the bytes counted against max_body are the bytes read (no gzip bomb), and
@@ -125,7 +127,8 @@ class Http:
             raise HttpError(f"{method} {url}: the answer is {declared} bytes, more than the "
                             f"{self.max_body} allowed", retryable=True)
         read = _reader(answer)
-        chunks, size = [], 0
+        chunks: list[bytes] = []
+        size = 0
         while True:
             if self.clock() >= deadline:
                 raise HttpError(f"{method} {url}: the answer was still arriving at the deadline "
@@ -140,8 +143,8 @@ class Http:
             chunks.append(chunk)
 
     def retrying(self, method: str, url: str, *, headers: dict, deadline: float,
-                 accept: Callable[[Response], object], data: bytes | None = None,
-                 what: str = "the request") -> object:
+                 accept: Callable[[Response], _T], data: bytes | None = None,
+                 what: str = "the request") -> _T:
         """Send until `accept` returns a value or the deadline passes.
 
         Transport failures, 410, 429, 5xx and RetryLater are retried: refused connections
@@ -196,7 +199,7 @@ def _reader(answer: requests.Response) -> Callable[[int], bytes]:
     raw = answer.raw
     read1 = getattr(raw, "read1", None)
     if read1 is None:
-        read1 = raw._fp.read1
+        read1 = getattr(raw, "_fp").read1  # urllib3 1 has no read1 of its own
     return read1
 
 

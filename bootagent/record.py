@@ -1,12 +1,11 @@
 """Plain data classes without the `dataclasses` module.
 
 `dataclasses` imports inspect (and with it ast, dis, tokenize) and writes each class's
-methods with exec: about 10 ms on every start of the agent on a fast machine, and 0.15 s
-in an emulated guest, for a dozen small records. A `Record` subclass declares its
-fields as a dataclass does (annotations, in order, with optional defaults) and gets
-`__init__` (positional or keyword; then `__post_init__` if the class has one), `__eq__`,
-`__repr__` and `replace()`. `frozen=True`
-forbids assignment after `__init__` and makes it hashable.
+methods with exec, on every start of the agent (what it cost: bench/README.md). A
+`Record` subclass declares its fields as a dataclass does (annotations, in order, with
+optional defaults) and gets `__init__` (positional or keyword; then `__post_init__` if
+the class has one), `__eq__`, `__repr__` and `replace()`. `frozen=True` forbids
+assignment after `__init__` and makes it hashable.
 
     class Point(Record, frozen=True):
         x: int
@@ -17,15 +16,28 @@ forbids assignment after `__init__` and makes it hashable.
 from __future__ import annotations
 
 _MISSING = object()
+TYPE_CHECKING = False  # typing's own costs an import on every start; mypy knows the name
 
 
-class Factory:
+class _Factory:
     """A default made anew for each instance (dataclasses' default_factory)."""
 
     __slots__ = ("make",)
 
     def __init__(self, make):
         self.make = make
+
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    _T = TypeVar("_T")
+
+    def Factory(make: Callable[[], _T]) -> _T:  # noqa: N802  to mypy, the default it makes
+        ...
+else:
+    Factory = _Factory
 
 
 class Record:
@@ -59,7 +71,7 @@ class Record:
                 value = self._defaults.get(name, _MISSING)
                 if value is _MISSING:
                     raise TypeError(f"{type(self).__name__}: missing argument {name!r}")
-                if isinstance(value, Factory):
+                if isinstance(value, _Factory):
                     value = value.make()
             object.__setattr__(self, name, value)
         post_init = getattr(self, "__post_init__", None)

@@ -65,7 +65,7 @@ class HostKeysJob:
             self._run(vm_id)
         else:
             self.thread.join()
-        return self.result
+        return self.result or StepResult.failed("internal error: the host keys' thread ended without a result")
 
 
 def _guarded(name: str, call) -> StepResult:
@@ -157,7 +157,8 @@ def _fetch(ctx: Context, metadata_file: str | None, imds_info: dict) -> Instance
     from bootagent.http import Http
     from bootagent.imds.client import ImdsClient
 
-    ctx.log.status("fetching the instance document")
+    if ctx.log is not None:
+        ctx.log.status("fetching the instance document")
     http = Http(ctx.clock, ctx.sleep)
     client = ImdsClient(http, ctx.imds_url, ctx.config["imds"]["api_version"])
     try:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from bootagent.context import Context
 
 SUFFIX = ".bootagent-tmp."
-_NAME = re.compile(r"^\..+\.bootagent-tmp\.(?:(\d+)-)?[A-Za-z0-9_-]{6,}$")
+_NAME = re.compile(r"^\..+\.bootagent-tmp\.(\d+)-[A-Za-z0-9_-]{6,}$")
 
 
 def name(final: str) -> str:
@@ -66,7 +66,7 @@ def stale(ctx: Context, entry: str) -> bool:
     match = _NAME.match(entry)
     if match is None or entry in ctx.live_temps:
         return False
-    pid = int(match.group(1) or 0)
+    pid = int(match.group(1))
     if pid <= 0 or pid == os.getpid():
         return True
     try:

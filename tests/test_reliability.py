@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 
-from conftest import BOOTAGENT, result_json, run_cli
 from bootagent.fake.server import FakeImds, default_document
+from conftest import BOOTAGENT, examples, result_json, run_cli
 from reliability import machine
 from reliability.jail import jail_root, run_live
 from reliability.scenario import copy_root, scenario_root
@@ -420,7 +420,7 @@ MANAGED = re.compile(r"^(etc/(hostname|hosts|motd|\.pwd\.lock|(passwd|shadow|gro
                      r"|var/lib/bootagent|var/lib/hyperv/\.kvp_pool_1)$")
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(document=hostile_documents())
 def test_hostile_documents_end_in_an_exit_code_never_a_traceback_nor_a_stray_or_torn_file(

@@ -18,8 +18,7 @@ from bootagent.imds.document import parse_document
 from bootagent.platform import AZURE_ASSET_TAG, wireserver
 from bootagent.state import InstanceState
 from bootagent.steps import StepResult, report
-
-from conftest import b64, result_json, run_cli
+from conftest import b64, examples, result_json, run_cli
 
 SECRET = "hunter2-correct-horse-battery"
 OK_STEPS = {"hostname": StepResult("changed", ["/etc/hostname"]), "users": StepResult("changed"),
@@ -320,7 +319,7 @@ def test_not_ready_document_carries_details_escaped():
     assert role.findtext("Health/Details/Description") == "a < b & c next"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(values=st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Cn"))).map(str.strip)
                        .filter(bool), min_size=3, max_size=3),
        description=st.text())

@@ -20,6 +20,7 @@ import json
 import threading
 import time
 from collections import deque
+from typing import TextIO
 
 from . import imds
 from .command import FAKE_IMDS_HELP, add_arguments, main, serve  # noqa: F401 - API
@@ -104,7 +105,7 @@ class FakeImds:
         self._connections: set = set()
         self._httpd: FakeHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._log_file = None
+        self._log_file: TextIO | None = None
 
     # -- the document and the plan, replaceable between runs --------------------
 
@@ -217,7 +218,7 @@ class FakeImds:
         if target == "ws" and self.arc:
             return error_reply(404, "Not found"), None
         fault = self.plan.take(target) if target else None
-        if fault and fault.kind in REPLACING_FAULTS:
+        if fault and target and fault.kind in REPLACING_FAULTS:
             return _fault_reply(fault, target), fault
         if fault and fault.kind == "notdoc":
             return json_reply(200, imds.compute_subtree(self.document)), fault

@@ -62,7 +62,7 @@ def parse_document(value: object, source: str = "the instance document") -> Inst
     network = value.get("network")
     os_profile = compute.get("osProfile")
     has_profile = isinstance(os_profile, dict)
-    profile = os_profile if has_profile else {}
+    profile: dict = os_profile if isinstance(os_profile, dict) else {}
     tags, tags_error = _tags_of(compute)
     keys = compute.get("publicKeys")
     return Instance(

@@ -125,16 +125,17 @@ def run(ctx: Context, boot: Boot) -> StepResult:
     users_result = boot.results.get("users")
     if users_result is not None and users_result.status == "failed":
         return StepResult.failed(f"user {users.NAME_FIELD} could not be had: {users_result.error}")
-    reason = users.skip_reason(ctx, boot.instance)
-    if reason:
-        return StepResult.skipped(reason)
-    if not boot.instance.public_keys:
+    instance = boot.instance
+    reason = users.skip_reason(ctx, instance)
+    if reason or instance is None:
+        return StepResult.skipped(reason or "no instance document")
+    if not instance.public_keys:
         return StepResult.skipped("no publicKeys in the document")
-    account, planned = _account(ctx, boot)
+    account, planned = _account(ctx, boot, instance.admin_username)
     refused: list[tuple[int, str]] = []    # (first key index, why), in the error's order
     not_installed: set[int] = set()          # the indexes of every key not installed
     by_path: dict[str, list[tuple[int, str]]] = {}
-    for index, key in enumerate(boot.instance.public_keys):
+    for index, key in enumerate(instance.public_keys):
         try:
             line = parse_key(key.key_data, index)
             path = check_key_path(key.path if key.path is not None
@@ -154,17 +155,16 @@ def run(ctx: Context, boot: Boot) -> StepResult:
             not_installed.update(index for index, _ in entries)
     if refused:
         count = len(not_installed)
-        return StepResult.failed(f"{count} of {len(boot.instance.public_keys)} public keys not "
+        return StepResult.failed(f"{count} of {len(instance.public_keys)} public keys not "
                                  f"installed (fix a refused key or path in the VM's publicKeys; a failed write "
                                  f"names its own cause): "
                                  f"{' | '.join(why for _, why in sorted(refused))}", changed)
     return StepResult.done(changed)
 
 
-def _account(ctx: Context, boot: Boot) -> tuple[Account, bool]:
-    """The admin account: from the users step, else the root's passwd (the runner had gated
-    users as done), else, in a dry run that would create it, the account as planned."""
-    name = boot.instance.admin_username
+def _account(ctx: Context, boot: Boot, name: object) -> tuple[Account, bool]:
+    """The admin account `name`: from the users step, else the root's passwd (the runner had
+    gated users as done), else, in a dry run that would create it, the account as planned."""
     account = boot.admin or (accounts.user(ctx, name) if isinstance(name, str) else None)
     if account is not None:
         users.refuse_system_account(ctx, account)

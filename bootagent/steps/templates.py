@@ -66,6 +66,8 @@ def context_inputs(ctx: Context, boot: Boot) -> dict:
     """What the template context is made of, in raw form: cheap to build and to hash.
     `tags` and `userdata` are derived from `compute` (tags, tagsList, userData)."""
     instance = boot.instance
+    if instance is None:  # the runner provisions only with a document
+        return {"compute": {}, "network": {}, "hostname": context_hostname(ctx, boot), "admin_user": ""}
     admin = instance.admin_username
     return {"compute": instance.compute, "network": instance.network,
             "hostname": context_hostname(ctx, boot),

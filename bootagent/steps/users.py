@@ -69,11 +69,12 @@ def password_disabled(value: object) -> bool:
 
 
 def run(ctx: Context, boot: Boot) -> StepResult:
-    reason = skip_reason(ctx, boot.instance)
-    if reason:
-        return StepResult.skipped(reason)
-    name = check_username(boot.instance.admin_username)
-    lock = password_disabled(boot.instance.disable_password_auth)
+    instance = boot.instance
+    reason = skip_reason(ctx, instance)
+    if reason or instance is None:
+        return StepResult.skipped(reason or "no instance document")
+    name = check_username(instance.admin_username)
+    lock = password_disabled(instance.disable_password_auth)
     existing = accounts.user(ctx, name)
     if existing is not None:
         refuse_system_account(ctx, existing)
