@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from bootagent.errors import BootagentError, StepError
 from bootagent.record import Record
-from bootagent.text import quoted
+from bootagent.text import one_line, quoted
 
 CHECK_TIMEOUT = 3.0
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
@@ -196,7 +196,7 @@ def check_metadata(doc: Doctor) -> Check:
     try:
         instance = parse_body(answer.body, f"IMDS at {doc.ctx.imds_url}")
     except BootagentError as err:
-        kind = answer.headers.get("Content-Type", "no content type")
+        kind = one_line(answer.headers.get("Content-Type") or "no content type", 80)
         return Check("metadata", "FAIL", f"{err} ({kind}); a proxy or captive portal may answer in "
                                          "IMDS's place: bypass proxies for the IMDS address")
     doc.instance_version = client.api_version

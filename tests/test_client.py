@@ -499,6 +499,28 @@ def test_metadata_of_an_unknown_path_is_one_clear_line(fake_imds, root):
     assert fake_imds.count() == 1  # a 404 is final, not retried
 
 
+class _ProxyErrorPage(BaseHTTPRequestHandler):
+    """A 404 whose body is a page of many lines and a terminal escape, as a proxy's may be."""
+
+    def do_GET(self):
+        body = b"<html>\n<h1>Not Found</h1>\n\x1b[2Jgone\r\n</html>\n"
+        self.send_response(404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_refusal_with_a_page_of_many_lines_is_still_one_line(root):
+    with loopback_server(_ProxyErrorPage) as url:
+        done = run_cli("metadata", "compute/vmId", "--root", str(root), "--imds-url", url, "--timeout", "5")
+    assert done.returncode == 1
+    line = assert_one_line(done.stderr)
+    assert line.isprintable() and "<h1>Not Found</h1> \\x1b[2Jgone </html>" in line
+
+
 def test_metadata_without_an_imds_is_exit_3_at_the_deadline(root):
     done = run_cli("metadata", "compute/vmId", "--root", str(root), "--imds-url", closed_port_url(),
                    "--timeout", "1")
