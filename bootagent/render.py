@@ -121,7 +121,7 @@ class Renderer:
     """One sandboxed, strict Jinja environment for a run (built on the first cache miss)."""
 
     def __init__(self):
-        from jinja2 import StrictUndefined
+        from jinja2 import DictLoader, StrictUndefined
         from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
         from jinja2.utils import missing
 
@@ -153,7 +153,9 @@ class Renderer:
                 return super().call_binop(context, operator, left, right)
 
         self._security_error = SecurityError
-        self.env = Sandbox(undefined=Strict, keep_trailing_newline=True, autoescape=False)
+        # a loader with no template: include, import and extends fail as TemplateNotFound
+        self.env = Sandbox(undefined=Strict, keep_trailing_newline=True, autoescape=False,
+                           loader=DictLoader({}))
 
     def when(self, expression: str, context: dict) -> bool:
         """Evaluate a manifest entry's `when` expression in the sandbox."""
@@ -180,12 +182,14 @@ class Renderer:
             raise RenderError(self._describe(err, source)) from None
 
     def _describe(self, err: Exception, source: str) -> str:
-        from jinja2 import TemplateError, TemplateSyntaxError, UndefinedError
+        from jinja2 import TemplateError, TemplateNotFound, TemplatesNotFound, TemplateSyntaxError, UndefinedError
 
         where = _line_of(err)
         if isinstance(err, PoisonedTag):
             return (f"tag '{printable_name(err.tag)}' holds a control character (a newline?), "
                     "refused for rendering: fix the tag's value")
+        if isinstance(err, (TemplateNotFound, TemplatesNotFound)):
+            return f"include, import and extends are not supported{where}: put it all in one template"
         if isinstance(err, TemplateSyntaxError):
             return f"syntax error at line {err.lineno}: {one_line(err.message or '')}"
         if isinstance(err, self._security_error):
@@ -194,8 +198,6 @@ class Renderer:
             return f"{_hide_computed_name(one_line(str(err)), source)}{where}"
         if isinstance(err, TemplateError):
             return f"{one_line(str(err))}{where}"
-        if isinstance(err, TypeError) and "no loader" in str(err):
-            return f"include, import and extends are not supported{where}: put it all in one template"
         if isinstance(err, RecursionError):
             return f"recursion too deep{where}"
         if isinstance(err, OverflowError):  # the sandbox's range() limit, or a number too large
