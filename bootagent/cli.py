@@ -14,7 +14,7 @@ from bootagent.errors import BootagentError, UsageError
 ROOT_HELP = "provision the tree under DIR instead of / (default /)"
 # Every command's options, read by argparse and by the fast path alike:
 # (option, kind, default, help); kind is "str", "float", "flag" or a tuple of choices.
-COMMAND_OPTIONS = {
+COMMAND_OPTIONS: dict[str, tuple[str, list]] = {
     "run": ("the boot job: fetch the instance document and provision", [
         ("--imds-url", "str", None, "IMDS base URL, or auto (IMDS_ENDPOINT, else 169.254.169.254)"),
         ("--metadata-file", "str", None, "read the instance document from FILE instead of IMDS"),
@@ -65,7 +65,7 @@ def _fast_parse(argv: list[str]):
     command = argv[0]
     options = {"--root": ("str", "/")}
     options.update((option, (kind, default)) for option, kind, default, _ in COMMAND_OPTIONS[command][1])
-    values = {_dest(option): default for option, (kind, default) in options.items()}
+    values: dict[str, object] = {_dest(option): default for option, (kind, default) in options.items()}
     positional = POSITIONAL.get(command)
     if positional:
         values[positional[0]] = positional[1]
@@ -91,10 +91,11 @@ def _fast_parse(argv: list[str]):
             return None
         if kind == "float":
             try:
-                value = float(value)
+                values[_dest(option)] = float(value)
             except ValueError:
                 return None
-        elif isinstance(kind, tuple) and value not in kind:
+            continue
+        if isinstance(kind, tuple) and value not in kind:
             return None
         values[_dest(option)] = value
     from types import SimpleNamespace

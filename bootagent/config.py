@@ -23,7 +23,7 @@ CONFIG_PATH = "/etc/bootagent/bootagent.yaml"
 CACHE_PATH = "/var/lib/bootagent/config-cache.json"
 MAX_CONFIG = 1 << 20
 
-DEFAULTS = {
+DEFAULTS: dict = {
     "imds": {"url": "auto", "api_version": "2021-08-01", "timeout": 300},
     "hostname": {"enabled": True},
     "users": {"enabled": True, "groups": ["sudo"], "sudo": True},
@@ -43,6 +43,7 @@ def defaults() -> dict:
 
 def load(ctx: Context, explicit: str | None = None) -> dict:
     """The validated configuration: `explicit` (a host path from --config) or the root's file."""
+    data: bytes | None
     if explicit is not None:
         source = explicit
         try:
