@@ -40,8 +40,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import (DEV_VENV, REPO, FakePool, Launcher, Sample, clean_env, import_profile,
-                     install_bench_venv, machine, make_root, many_keys_document)
+from harness import (
+    DEV_VENV,
+    REPO,
+    FakePool,
+    Launcher,
+    Sample,
+    clean_env,
+    import_profile,
+    install_bench_venv,
+    machine,
+    make_root,
+    many_keys_document,
+)
 
 BUDGETS = {"first": 0.75, "later": 0.45}  # SPEC "Budgets"
 RSS_BUDGET_MIB = 36

@@ -6,11 +6,14 @@ their own databases, never the host's.
 
 from __future__ import annotations
 
-from bootagent.record import Record
-
 from bootagent import writer
 from bootagent.context import Context
 from bootagent.errors import StepError
+from bootagent.record import Record
+from bootagent.text import quoted
+
+LOGIN_DEFS = "/etc/login.defs"
+DEFAULT_UID_MIN = 1000  # useradd's own default when login.defs does not say
 
 
 class Account(Record, frozen=True):
@@ -43,6 +46,22 @@ def parse_group(text: str) -> dict[str, int]:
     return groups
 
 
+def parse_uid_min(text: str) -> int:
+    """UID_MIN of a login.defs text (its last valid setting, as shadow's getdef reads it),
+    else useradd's default."""
+    found = DEFAULT_UID_MIN
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "UID_MIN" and fields[1].isdigit():
+            found = int(fields[1])
+    return found
+
+
+def uid_min(ctx: Context) -> int:
+    """The first uid of an ordinary user on the root: below it are system accounts."""
+    return parse_uid_min(_text(ctx, LOGIN_DEFS))
+
+
 def _text(ctx: Context, logical: str) -> str:
     raw = writer.read_file(ctx, logical, limit=64 << 20)
     return raw.decode("utf-8", "replace") if raw else ""
@@ -66,8 +85,8 @@ def owner_ids(ctx: Context, owner: str, group: str) -> tuple[int, int]:
         return 0, 0
     account = users(ctx).get(owner)
     if account is None:
-        raise StepError(f"owner {owner!r} does not exist in {ctx.path('/etc/passwd')}")
+        raise StepError(f"owner {quoted(owner)} does not exist in {ctx.path('/etc/passwd')}")
     gid = groups(ctx).get(group)
     if gid is None:
-        raise StepError(f"group {group!r} does not exist in {ctx.path('/etc/group')}")
+        raise StepError(f"group {quoted(group)} does not exist in {ctx.path('/etc/group')}")
     return account.uid, gid

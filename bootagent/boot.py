@@ -8,11 +8,10 @@ nothing to do never decodes them, so it never imports PyYAML.
 
 from __future__ import annotations
 
-from bootagent.record import Factory, Record
-
 from bootagent.accounts import Account
 from bootagent.imds.document import Instance
 from bootagent.imds.userdata import UserData, UserDataError, classify, decode
+from bootagent.record import Factory, Record
 from bootagent.state import InstanceState
 from bootagent.steps import StepResult
 

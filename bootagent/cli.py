@@ -17,7 +17,7 @@ ROOT_HELP = "provision the tree under DIR instead of / (default /)"
 # Every command's options, read by argparse and by the fast path alike:
 # (option, kind, default, help); kind is "str", "float", "flag", "optional" (a value that
 # may be left out: argparse decides) or a tuple of choices.
-COMMAND_OPTIONS = {
+COMMAND_OPTIONS: dict[str, tuple[str, list]] = {
     "run": ("the boot job: fetch the instance document and provision", [
         ("--imds-url", "str", None, "IMDS base URL, or auto (IMDS_ENDPOINT, else 169.254.169.254)"),
         ("--metadata-file", "str", None, "read the instance document from FILE instead of IMDS"),
@@ -80,7 +80,7 @@ def _fast_parse(argv: list[str]):
     command = argv[0]
     options = {"--root": ("str", "/")}
     options.update((option, (kind, default)) for option, kind, default, _ in COMMAND_OPTIONS[command][1])
-    values = {_dest(option): default for option, (kind, default) in options.items()}
+    values: dict[str, object] = {_dest(option): default for option, (kind, default) in options.items()}
     positional = POSITIONAL.get(command)
     if positional:
         values[positional[0]] = positional[1]
@@ -108,10 +108,11 @@ def _fast_parse(argv: list[str]):
             return None
         if kind == "float":
             try:
-                value = float(value)
+                values[_dest(option)] = float(value)
             except ValueError:
                 return None
-        elif isinstance(kind, tuple) and value not in kind:
+            continue
+        if isinstance(kind, tuple) and value not in kind:
             return None
         values[_dest(option)] = value
     from types import SimpleNamespace
@@ -301,16 +302,13 @@ def cmd_host_keys(args) -> int:
     (which lives on the root): the run fetches and provisions beside it, and only the
     run's host_keys step waits, then finds this instance's keys in place. It logs its
     result and writes nothing but the keys and their instance record."""
-    from bootagent.log import log
+    from bootagent.log import log_step
     from bootagent.steps import host_keys
 
     ctx = _context(args, imds=False)
     outcome = host_keys.run(ctx, None, remount_wait=host_keys.REMOUNT_TIMEOUT)
-    detail = outcome.error or outcome.reason or ", ".join(outcome.changed)
-    failed = outcome.status == "failed"
-    log(ctx, "error" if failed else "info", f"{outcome.status}{': ' + detail if detail else ''}",
-        step="host_keys")
-    return 1 if failed else 0
+    log_step(ctx, "host_keys", outcome)
+    return 1 if outcome.status == "failed" else 0
 
 
 def cmd_fake_imds(args) -> int:

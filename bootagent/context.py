@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping  # not typing: 2 ms of import in every process
+from collections.abc import Callable, Mapping  # not typing: imported by every process
 
 from bootagent.config import Config, defaults
 from bootagent.paths import split_logical
-from bootagent.record import Factory, Record
+from bootagent.record import TYPE_CHECKING, Factory, Record
 
-TYPE_CHECKING = False  # typing's constant without importing typing; mypy knows the name
 if TYPE_CHECKING:
-    from typing import Any
+    from bootagent.log import Log
 
 
 class WriterState:
@@ -60,7 +59,7 @@ class Context(Record):
     sleep: Callable[[float], None] = time.sleep
     wall: Callable[[], float] = time.time
     env: Mapping[str, str] = Factory(lambda: os.environ)
-    log: Any = None
+    log: Log | None = None
     imds_url: str = ""
     on_arc: bool = False
     deadline: float = float("inf")
@@ -69,13 +68,15 @@ class Context(Record):
 
     def __post_init__(self):
         self.root = os.path.abspath(self.root)
+        self._live = same_directory(self.root, "/")
         if self.writes is None:
             self.writes = WriterState(self.env)
 
     @property
     def live(self) -> bool:
-        """True when provisioning the running system: only then are live side effects allowed."""
-        return self.root == "/"
+        """True when provisioning the running system (the root is `/` itself, however it is
+        spelled: `//`, a symlink to it): only then are live side effects allowed."""
+        return self._live
 
     def path(self, logical: str) -> str:
         """Map an absolute path of the provisioned system to where it lies under the root."""
@@ -90,4 +91,13 @@ class Context(Record):
         self.writes.checkpoint()
 
 
-__all__ = ["Context", "WriterState", "split_logical"]
+def same_directory(path: str, other: str) -> bool:
+    """Whether two paths name the same directory (device and inode, links followed)."""
+    try:
+        first, second = os.stat(path), os.stat(other)
+    except OSError:
+        return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+__all__ = ["Context", "WriterState", "same_directory", "split_logical"]

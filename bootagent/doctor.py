@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from bootagent.errors import BootagentError, StepError
 from bootagent.record import Record
+from bootagent.text import one_line, quoted
 
 CHECK_TIMEOUT = 3.0
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
@@ -40,7 +41,7 @@ class Check(Record):
 class Doctor:
     """What the checks share: the context, one HTTP client (its rate cap), earlier outcomes."""
 
-    def __init__(self, ctx):
+    def __init__(self, ctx) -> None:
         from bootagent.http import Http
 
         self.ctx = ctx
@@ -149,7 +150,8 @@ def check_route(doc: Doctor) -> Check:
 
 def check_tcp(doc: Doctor) -> Check:
     if not doc.host:
-        return Check("tcp", "FAIL", f"the IMDS URL {doc.ctx.imds_url!r} names no host; fix imds.url or --imds-url")
+        return Check("tcp", "FAIL",
+                     f"the IMDS URL {quoted(doc.ctx.imds_url)} names no host; fix imds.url or --imds-url")
     started = doc.ctx.clock()
     try:
         with socket.create_connection((doc.host, doc.port), timeout=CHECK_TIMEOUT):
@@ -194,7 +196,7 @@ def check_metadata(doc: Doctor) -> Check:
     try:
         instance = parse_body(answer.body, f"IMDS at {doc.ctx.imds_url}")
     except BootagentError as err:
-        kind = answer.headers.get("Content-Type", "no content type")
+        kind = one_line(answer.headers.get("Content-Type") or "no content type", 80)
         return Check("metadata", "FAIL", f"{err} ({kind}); a proxy or captive portal may answer in "
                                          "IMDS's place: bypass proxies for the IMDS address")
     doc.instance_version = client.api_version

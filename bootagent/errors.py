@@ -7,7 +7,8 @@
     ├── ImdsUnavailable (3)       no instance document before the deadline
     ├── HttpError (1)             one HTTP exchange went wrong (status, size, connection)
     ├── StepError (1)             a provisioning step could not do its job
-    │   ├── UnsafePath (1)        a path leaves the root or passes through a symlink
+    │   ├── UnsafePath (1)        a path leaves the root, passes through a symlink or is not a file
+    │   ├── TooLarge (1)          a file is larger than its reader allows
     │   └── MediaError (1)        the provisioning media (ovf-env.xml) is refused or unreadable
     └── NotVerified (1)           an attested document failed a check (`bootagent attest`)
 
@@ -62,6 +63,15 @@ class StepError(BootagentError):
 
 
 class UnsafePath(StepError):
+    """`reason` says why, for callers that explain it in their own words: "symlink" (a
+    symlink or a non-directory on the way), "not a regular file", or "path" (the path itself)."""
+
+    def __init__(self, message: str, *, reason: str = "path"):
+        super().__init__(message)
+        self.reason = reason
+
+
+class TooLarge(StepError):
     pass
 
 

@@ -109,3 +109,10 @@ def log(ctx, level: str, message: str, step: str | None = None) -> None:
     """Log through ctx.log when there is one (tests may build a Context without it)."""
     if ctx.log is not None:
         getattr(ctx.log, level)(message, step=step)
+
+
+def log_step(ctx, name: str, outcome) -> None:
+    """One line for a step's StepResult: its status, then its error, reason or changes."""
+    detail = outcome.error or outcome.reason or ", ".join(outcome.changed)
+    level = "error" if outcome.status == "failed" else "info"
+    log(ctx, level, f"{outcome.status}{': ' + detail if detail else ''}", step=name)

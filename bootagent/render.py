@@ -16,6 +16,7 @@ import re
 import traceback
 
 from bootagent.errors import StepError
+from bootagent.text import escaped, one_line, shorten
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_OUTPUT = 4 << 20          # characters a template may produce
@@ -39,8 +40,7 @@ class PoisonedTag(Exception):
 
 def printable_name(name: str) -> str:
     """A tag name safe to put in a one-line message (control characters escaped, bounded)."""
-    text = CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", name)
-    return text if len(text) <= 64 else text[:61] + "..."
+    return shorten(escaped(name), 64)
 
 
 class PoisonedValue:
@@ -121,7 +121,7 @@ class Renderer:
     """One sandboxed, strict Jinja environment for a run (built on the first cache miss)."""
 
     def __init__(self):
-        from jinja2 import StrictUndefined
+        from jinja2 import DictLoader, StrictUndefined
         from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
         from jinja2.utils import missing
 
@@ -153,7 +153,9 @@ class Renderer:
                 return super().call_binop(context, operator, left, right)
 
         self._security_error = SecurityError
-        self.env = Sandbox(undefined=Strict, keep_trailing_newline=True, autoescape=False)
+        # a loader with no template: include, import and extends fail as TemplateNotFound
+        self.env = Sandbox(undefined=Strict, keep_trailing_newline=True, autoescape=False,
+                           loader=DictLoader({}))
 
     def when(self, expression: str, context: dict) -> bool:
         """Evaluate a manifest entry's `when` expression in the sandbox."""
@@ -180,26 +182,26 @@ class Renderer:
             raise RenderError(self._describe(err, source)) from None
 
     def _describe(self, err: Exception, source: str) -> str:
-        from jinja2 import TemplateError, TemplateSyntaxError, UndefinedError
+        from jinja2 import TemplateError, TemplateNotFound, TemplatesNotFound, TemplateSyntaxError, UndefinedError
 
         where = _line_of(err)
         if isinstance(err, PoisonedTag):
             return (f"tag '{printable_name(err.tag)}' holds a control character (a newline?), "
                     "refused for rendering: fix the tag's value")
-        if isinstance(err, TemplateSyntaxError):
-            return f"syntax error at line {err.lineno}: {_one_line(err.message or '')}"
-        if isinstance(err, self._security_error):
-            return f"refused by the sandbox{where}: {_one_line(str(err))}"
-        if isinstance(err, UndefinedError):
-            return f"{_hide_computed_name(_one_line(str(err)), source)}{where}"
-        if isinstance(err, TemplateError):
-            return f"{_one_line(str(err))}{where}"
-        if isinstance(err, TypeError) and "no loader" in str(err):
+        if isinstance(err, (TemplateNotFound, TemplatesNotFound)):
             return f"include, import and extends are not supported{where}: put it all in one template"
+        if isinstance(err, TemplateSyntaxError):
+            return f"syntax error at line {err.lineno}: {one_line(err.message or '')}"
+        if isinstance(err, self._security_error):
+            return f"refused by the sandbox{where}: {one_line(str(err))}"
+        if isinstance(err, UndefinedError):
+            return f"{_hide_computed_name(one_line(str(err)), source)}{where}"
+        if isinstance(err, TemplateError):
+            return f"{one_line(str(err))}{where}"
         if isinstance(err, RecursionError):
             return f"recursion too deep{where}"
         if isinstance(err, OverflowError):  # the sandbox's range() limit, or a number too large
-            return f"{_one_line(str(err))}{where}"
+            return f"{one_line(str(err))}{where}"
         # Any other exception's text may quote a value (tags, userData): name only its kind.
         return f"{type(err).__name__}{where}"
 
@@ -208,10 +210,6 @@ def _line_of(err: Exception) -> str:
     frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == TEMPLATE_NAME]
     return f" at line {frames[-1].lineno}" if frames else ""
 
-
-def _one_line(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _hide_computed_name(message: str, source: str) -> str:

@@ -1,7 +1,8 @@
 """The record of a run: `<root>/run/bootagent/result.json`, written once at the end.
 
 `bootagent status` reads it back; a run that starts writes nothing here until it
-ends, so "no result in this boot" means "not finished".
+ends, so "no result in this boot" means "not finished". The record carries the running
+kernel's boot id, which tells "this boot" whatever the clock did at boot.
 """
 
 from __future__ import annotations
@@ -15,6 +16,17 @@ from bootagent.steps import ORDER, StepResult
 
 RESULT_DIR = "/run/bootagent"
 RESULT_PATH = f"{RESULT_DIR}/result.json"
+# the running kernel's, never taken under the root: a random UUID made anew at every boot
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id(path: str = BOOT_ID_FILE) -> str | None:
+    """This boot's id, or None where the kernel does not tell it (no /proc)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(64).decode("ascii", "replace").strip() or None
+    except OSError:
+        return None
 
 
 def iso(epoch: float) -> str:
@@ -22,11 +34,12 @@ def iso(epoch: float) -> str:
 
 
 def build(*, instance_id: str | None, started: float, finished: float, imds: dict,
-          results: dict[str, StepResult], error: str | None = None) -> dict:
+          results: dict[str, StepResult], error: str | None = None, boot: str | None = None) -> dict:
     ok = error is None and all(r.ok for r in results.values())
     record = {
         "status": "ok" if ok else "error",
         "instance_id": instance_id,
+        "boot_id": boot,
         "started": iso(started),
         "finished": iso(finished),
         "imds": imds,
@@ -41,7 +54,7 @@ def write(ctx: Context, record: dict) -> None:
     body = json.dumps(record, indent=2, sort_keys=False).encode() + b"\n"
     writer.write_file(ctx, RESULT_PATH, body, mode=0o644, internal=True)
     if ctx.log is not None:  # `systemctl status bootagent` shows the outcome
-        ctx.log.notify(f"READY=1\nSTATUS=finished: {record['status']}")
+        ctx.log.notify(f"STATUS=finished: {record['status']}")
 
 
 def read(ctx: Context) -> dict | None:

@@ -28,9 +28,10 @@ from bootagent.boot import Boot
 from bootagent.context import Context
 from bootagent.errors import BootagentError, DocumentError
 from bootagent.imds.document import Instance, parse_body
-from bootagent.log import log
+from bootagent.log import log, log_step
 from bootagent.state import InstanceState, run_lock
 from bootagent.steps import StepResult
+from bootagent.text import one_line
 
 PER_INSTANCE = ("hostname", "users", "ssh_keys", "userdata", "customdata")
 MEDIA_STEPS = ("hostname", "users", "ssh_keys", "customdata")   # the steps that read the media
@@ -65,7 +66,9 @@ class HostKeysJob:
         self.thread.start()
 
     def _run(self, vm_id: str | None) -> None:
-        from bootagent.steps import host_keys  # imported by start() or, without a thread, here
+        from bootagent.steps import (
+            host_keys,  # imported by start() or, without a thread, here
+        )
         self.result = _guarded("host_keys", lambda: host_keys.run(self.ctx, vm_id))
 
     def finish(self, vm_id: str | None) -> StepResult:
@@ -73,7 +76,7 @@ class HostKeysJob:
             self._run(vm_id)
         else:
             self.thread.join()
-        return self.result
+        return self.result or StepResult.failed("internal error: the host keys' thread ended without a result")
 
 
 def _guarded(name: str, call) -> StepResult:
@@ -89,7 +92,11 @@ def _guarded(name: str, call) -> StepResult:
 
 def run(ctx: Context, *, metadata_file: str | None = None,
         provisioning_media: str | None = None) -> tuple[int, dict]:
-    """The boot job. Returns (exit code, the result record)."""
+    """The boot job. Returns (exit code, the result record).
+
+    result.json is written however the run ends (SPEC "Hardening"): a fetch that fails,
+    a per-instance state that cannot be read or saved, even a bug, is the record's
+    `error`, so `status --wait` never waits for a run that has ended."""
     started = ctx.wall()
     with run_lock(ctx) if not ctx.dry_run else _nothing():
         host_keys_job = HostKeysJob(ctx)
@@ -97,24 +104,38 @@ def run(ctx: Context, *, metadata_file: str | None = None,
             host_keys_job.start(None)
         imds_info = {"url": ctx.imds_url if not metadata_file else f"file:{metadata_file}",
                      "api_version": ctx.config.imds.api_version, "requests": 0}
+        results: dict[str, StepResult] = {}
+        instance: Instance | None = None
+        error: str | None = "the run was interrupted"
+        code = 1
         try:
             instance = _fetch(ctx, metadata_file, imds_info)
+            # the moment the document is had: the real-boot test times the rest of the run from it
+            log(ctx, "info", "instance document received")
+            _provision(ctx, instance, imds_info["api_version"], host_keys_job, results, provisioning_media)
+            error, code = None, 0
         except BootagentError as err:
-            results = {"host_keys": host_keys_job.finish(None)}
-            _log_step(ctx, "host_keys", results["host_keys"])
-            log(ctx, "error", str(err))
-            record = result.build(instance_id=None, started=started, finished=ctx.wall(),
-                                  imds=imds_info, results=results, error=str(err))
-            result.write(ctx, record)
+            error = str(err)
             code = 2 if metadata_file and isinstance(err, DocumentError) else err.exit_code
-            return code, record
-        # the moment the document is had: the real-boot test times the rest of the run from it
-        log(ctx, "info", "instance document received")
-        boot = _provision(ctx, instance, imds_info["api_version"], host_keys_job, provisioning_media)
-        record = result.build(instance_id=instance.vm_id, started=started, finished=ctx.wall(),
-                              imds=imds_info, results=boot.results)
-        result.write(ctx, record)
-    return (0 if record["status"] == "ok" else 1), record
+        except Exception as err:  # a bug: recorded like any failure, never a run without a result
+            error = f"internal error: {type(err).__name__}: {one_line(err)}; please report it"
+        finally:
+            if "host_keys" not in results and error != "the run was interrupted":
+                results["host_keys"] = host_keys_job.finish(instance.vm_id if instance else None)
+                log_step(ctx, "host_keys", results["host_keys"])
+            if error is not None:
+                log(ctx, "error", error)
+            record = result.build(instance_id=instance.vm_id if instance else None, started=started,
+                                  finished=ctx.wall(), imds=imds_info, results=results, error=error,
+                                  boot=result.boot_id())
+            try:
+                result.write(ctx, record)
+            except BootagentError as err:
+                log(ctx, "error", f"cannot record the run's result: {err}")
+                code = 1
+    if code == 0 and record["status"] != "ok":
+        code = 1
+    return code, record
 
 
 class _nothing:
@@ -126,7 +147,10 @@ class _nothing:
 
 
 def _host_keys_early(ctx: Context) -> bool:
-    if ctx.config.ssh.host_keys == "off" or not writer.exists(ctx, "/etc/ssh/sshd_config"):
+    try:
+        if ctx.config.ssh.host_keys == "off" or not writer.exists(ctx, "/etc/ssh/sshd_config"):
+            return False
+    except BootagentError:  # a symlink on the way: the step itself says so, after the fetch
         return False
     from bootagent.steps import host_keys
     return host_keys.dmi_uuid(ctx) is not None
@@ -145,7 +169,8 @@ def _fetch(ctx: Context, metadata_file: str | None, imds_info: dict) -> Instance
     from bootagent.http import Http
     from bootagent.imds.client import ImdsClient
 
-    ctx.log.status("fetching the instance document")
+    if ctx.log is not None:
+        ctx.log.status("fetching the instance document")
     http = Http(ctx.clock, ctx.sleep)
     client = ImdsClient(http, ctx.imds_url, ctx.config.imds.api_version)
     try:
@@ -156,13 +181,15 @@ def _fetch(ctx: Context, metadata_file: str | None, imds_info: dict) -> Instance
 
 
 def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job: HostKeysJob,
-               provisioning_media: str | None = None) -> Boot:
+               results: dict[str, StepResult], provisioning_media: str | None = None) -> Boot:
+    """The steps, into `results`. A per-instance state that cannot be read stops here (no
+    step may run twice for want of it); one that cannot be saved is the run's error."""
     from bootagent.steps import network, report, templates
 
     if ctx.log is not None:
         ctx.log.instance_id = instance.instance_id
     state = InstanceState.load(ctx)
-    boot = Boot(instance, state, state.begin(instance.instance_id), api_version)
+    boot = Boot(instance, state, state.begin(instance.instance_id), api_version, results=results)
     if not boot.new_instance:
         boot.hostname = state.get("hostname").get("hostname")
     if not all(state.done(name) for name in MEDIA_STEPS):
@@ -171,7 +198,7 @@ def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job
     for name in PER_INSTANCE:
         if preprovisioned and name != "customdata":
             boot.results[name] = StepResult.skipped("a pre-provisioned VM: not provisioned")
-            _log_step(ctx, name, boot.results[name])
+            log_step(ctx, name, boot.results[name])
             continue
         _per_instance(ctx, boot, name)
     for name, step in (("network", network.run), ("templates", templates.run)):
@@ -181,7 +208,7 @@ def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job
             _step(ctx, boot, name, step)
     # joined as late as it can be: while the early unit makes the keys, the steps above run
     boot.results["host_keys"] = host_keys_job.finish(instance.vm_id)
-    _log_step(ctx, "host_keys", boot.results["host_keys"])
+    log_step(ctx, "host_keys", boot.results["host_keys"])
     _step(ctx, boot, "report_ready", report.run)
     for name in SCRIPTS:
         _run_script(ctx, boot, name)
@@ -195,7 +222,7 @@ def _per_instance(ctx: Context, boot: Boot, name: str) -> None:
     only when it runs: a later boot loads none of them (nor subprocess, shutil, select)."""
     if boot.state.done(name):
         boot.results[name] = StepResult("unchanged")
-        _log_step(ctx, name, boot.results[name])
+        log_step(ctx, name, boot.results[name])
         return
     _step(ctx, boot, name, __import__(f"bootagent.steps.{name}", fromlist=["run"]).run)
     outcome = boot.results[name]
@@ -213,7 +240,7 @@ def _step(ctx: Context, boot: Boot, name: str, call) -> None:
     if ctx.log is not None:
         ctx.log.status(f"step {name}")
     boot.results[name] = _guarded(name, lambda: call(ctx, boot))
-    _log_step(ctx, name, boot.results[name])
+    log_step(ctx, name, boot.results[name])
 
 
 def _read_media(ctx: Context, boot: Boot, explicit: str | None) -> None:
@@ -248,6 +275,9 @@ def _run_script(ctx: Context, boot: Boot, name: str) -> None:
     """A customData or userData script runs once per instance, last, whatever its exit
     status: the one code path of the userdata step (steps/userdata.py run_script)."""
     outcome = boot.results.get(name)
+    deferred = boot.state.get(name).get("script_deferred")
+    if outcome is not None and deferred and outcome.status == "unchanged":
+        outcome.details["script"] = "pending"  # kept by an earlier boot that could not run it
     if outcome is None or outcome.details.get("script") != "pending":
         return
     if boot.state.get(name).get("script_started"):
@@ -262,14 +292,16 @@ def _run_script(ctx: Context, boot: Boot, name: str) -> None:
         kept = customdata.CUSTOM_DATA
     if ctx.live and not ctx.dry_run and ctx.config.userdata.run_scripts:
         boot.state.record(name, True, script_started=True)
-        boot.state.save(ctx)
+        boot.state.save(ctx)  # a save that fails stops here: the script must not run twice
     final = _guarded(name, lambda: userdata.run_script(ctx, boot, kept=kept))
     final.changed = outcome.changed + [p for p in final.changed if p not in outcome.changed]
     boot.results[name] = final
-    _log_step(ctx, name, final)
-
-
-def _log_step(ctx: Context, name: str, outcome: StepResult) -> None:
-    detail = outcome.error or outcome.reason or ", ".join(outcome.changed)
-    level = "error" if outcome.status == "failed" else "info"
-    log(ctx, level, f"{outcome.status}{': ' + detail if detail else ''}", step=name)
+    if final.details.get("script") == "skipped":
+        # not done: once scripts may run (userdata.run_scripts, the live root), the next
+        # boot runs it (SPEC "Hardening"). userData is fetched again, so its step runs
+        # again; customData's media is gone by then, so its kept script waits as deferred.
+        if name == "customdata":
+            boot.state.record(name, True, script_deferred=True)
+        else:
+            boot.state.forget(name)
+    log_step(ctx, name, final)

@@ -18,6 +18,7 @@ import select
 import signal
 import subprocess
 import time
+
 from bootagent.record import Record
 
 MAX_OUTPUT = 1 << 20        # bytes of script output kept (head and tail)
@@ -108,7 +109,9 @@ def _ordinary_priority() -> None:
 def _watch(proc: subprocess.Popen, read_fd: int, exit_fd: int | None, output: BoundedOutput,
            started: float, timeout: float, grace: float, ran: ScriptRun) -> None:
     """Read output until the script is gone and its pipe is closed or `grace` has passed."""
-    reading, term_at, stop_at = True, None, None
+    reading = True
+    term_at: float | None = None
+    stop_at: float | None = None
     while True:
         now = time.monotonic()
         if proc.poll() is None:
@@ -124,7 +127,7 @@ def _watch(proc: subprocess.Popen, read_fd: int, exit_fd: int | None, output: Bo
                     _signal_group(proc.pid, signal.SIGKILL)
             if not reading or now >= stop_at:
                 return
-        if proc.returncode is not None:
+        if stop_at is not None:  # set once the script has exited
             wake_at = stop_at
         elif term_at is not None:
             wake_at = term_at + KILL_GRACE

@@ -23,6 +23,7 @@ import json
 
 from bootagent import writer
 from bootagent.context import Context
+from bootagent.errors import BootagentError, StepError
 
 STATE_DIR = "/var/lib/bootagent"
 INSTANCE_FILE = f"{STATE_DIR}/instance.json"
@@ -34,13 +35,24 @@ CUSTOM_DATA_PATH = f"{STATE_DIR}/custom-data"
 # while the early unit makes the keys, and only its own host_keys step waits. On /run:
 # it must be taken before the root is writable, and it concerns this boot's processes only.
 HOST_KEYS_LOCK = "/run/bootagent/host-keys.lock"
+_STATE_FIX = (f"no per-instance step runs until it can be read; repair or remove {INSTANCE_FILE} "
+              "(removed, this instance is provisioned again)")
 
 
 def _read_json(ctx: Context, logical: str) -> dict:
+    """The JSON object in `logical`; {} when it is missing or not a JSON object. Anything
+    else (a directory, a symlink, an I/O error) is a StepError: taking it for "no state"
+    would run every per-instance step again."""
     try:
         raw = writer.read_file(ctx, logical, limit=1 << 20)
+    except BootagentError as err:
+        raise StepError(f"cannot read the instance state: {err}; {_STATE_FIX}") from None
+    except OSError as err:
+        raise StepError(f"cannot read the instance state {logical}: {err.strerror or err}; "
+                        f"{_STATE_FIX}") from None
+    try:
         value = json.loads(raw) if raw else {}
-    except (ValueError, Exception):
+    except ValueError:  # a torn or foreign file: this instance is provisioned anew
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -77,9 +89,18 @@ class InstanceState:
     def record(self, step: str, ok: bool, **facts) -> None:
         self.data["steps"][step] = {"ok": ok, **facts}
 
+    def forget(self, step: str) -> None:
+        """As if `step` never ran for this instance: it runs at the next boot."""
+        self.data["steps"].pop(step, None)
+
     def save(self, ctx: Context) -> None:
+        """StepError when the state cannot be written: the run records it as its error."""
         body = json.dumps(self.data, sort_keys=True, indent=1).encode() + b"\n"
-        writer.write_file(ctx, INSTANCE_FILE, body, mode=0o600, internal=True)
+        try:
+            writer.write_file(ctx, INSTANCE_FILE, body, mode=0o600, internal=True)
+        except BootagentError as err:
+            raise StepError(f"cannot save the instance state: {err}; the steps of this boot "
+                            "run again at the next one") from None
 
 
 def host_keys_instance(ctx: Context) -> str | None:

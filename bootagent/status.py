@@ -1,15 +1,15 @@
 """`bootagent status`: the last run's result, and `--wait` for scripts and Packer.
 
-A result counts only when it was written in this boot (on `/`, result.json newer than
-the boot time; /run is normally a tmpfs anyway). A failed run writes its result too,
-so `--wait` returns as soon as the run ended, whatever its outcome, and never waits
-past the timeout. Imports neither requests nor Jinja.
+A result counts only when it was written in this boot: its `boot_id` is the running
+kernel's (under any --root too: "this boot" is this machine's). File times would not
+do: the clock is stepped at boot (chrony, Hyper-V time sync). A failed run writes its
+result too, so `--wait` returns as soon as the run ended, whatever its outcome, and
+never waits past the timeout. Imports neither requests nor Jinja.
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 from bootagent import result
 from bootagent.context import Context
@@ -17,37 +17,25 @@ from bootagent.context import Context
 POLL = 0.2
 
 
-def _boot_time() -> float:
-    try:
-        with open("/proc/stat") as stat:
-            for line in stat:
-                if line.startswith("btime "):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return 0.0
-
-
-def this_boots_result(ctx: Context) -> dict | None:
+def this_boots_result(ctx: Context, current_boot: str | None) -> dict | None:
+    """The result record when it was written in the boot `current_boot` (any record
+    when the kernel tells no boot id)."""
     record = result.read(ctx)
     if record is None:
         return None
-    if ctx.live:
-        try:
-            if os.stat(ctx.path(result.RESULT_PATH)).st_mtime < _boot_time():
-                return None
-        except OSError:
-            return None
+    if current_boot is not None and record.get("boot_id") != current_boot:
+        return None
     return record
 
 
 def report(ctx: Context, *, wait: bool, timeout: float, as_json: bool) -> tuple[int, str]:
     """(exit code, text): 0 done and ok, 1 done with errors, 3 not finished."""
     deadline = ctx.clock() + max(0.0, timeout)
-    record = this_boots_result(ctx)
+    current_boot = result.boot_id()
+    record = this_boots_result(ctx, current_boot)
     while record is None and wait and ctx.clock() < deadline:
         ctx.sleep(min(POLL, max(0.0, deadline - ctx.clock())))
-        record = this_boots_result(ctx)
+        record = this_boots_result(ctx, current_boot)
     if record is None:
         text = {"status": "running"} if as_json else None
         message = ("not finished: no result in this boot yet"

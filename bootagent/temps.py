@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from bootagent.context import Context
 
 SUFFIX = ".bootagent-tmp."
-_NAME = re.compile(r"^\..+\.bootagent-tmp\.(?:(\d+)-)?[A-Za-z0-9_-]{6,}$")
+_NAME = re.compile(r"^\..+\.bootagent-tmp\.(\d+)-[A-Za-z0-9_-]{6,}$")
 
 
 def name(final: str) -> str:
@@ -53,7 +53,7 @@ def sweep(ctx: Context, dir_fd: int) -> None:
             try:
                 os.unlink(entry, dir_fd=dir_fd)
             except IsADirectoryError:  # a directory a killed run was making, or
-                import shutil          # ssh-keygen's work directory, keys in it (host_keys)
+                import shutil  # ssh-keygen's work directory, keys in it (host_keys)
 
                 shutil.rmtree(entry, dir_fd=dir_fd, ignore_errors=True)  # fd-based: no link followed
             except OSError:
@@ -66,7 +66,7 @@ def stale(ctx: Context, entry: str) -> bool:
     match = _NAME.match(entry)
     if match is None or entry in ctx.writes.live_temps:
         return False
-    pid = int(match.group(1) or 0)
+    pid = int(match.group(1))
     if pid <= 0 or pid == os.getpid():
         return True
     try:

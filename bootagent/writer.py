@@ -19,8 +19,8 @@ from contextlib import contextmanager
 
 from bootagent import temps
 from bootagent.context import Context
+from bootagent.errors import StepError, TooLarge, UnsafePath
 from bootagent.paths import split_logical
-from bootagent.errors import StepError, UnsafePath
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -31,21 +31,20 @@ def work_dir(ctx: Context, logical: str, label: str):
     `logical` under the root, with a temp name: removed after the block, and by the
     sweep of the next run when this one is killed. Yields its path on the host."""
     make_dirs(ctx, logical)
-    with temps.own(ctx, label) as temp:
-        path = os.path.join(ctx.path(logical), temp)
-        os.mkdir(path, 0o700)
+    with temps.own(ctx, label) as temp, _directory(ctx, split_logical(logical), logical) as dir_fd:
+        os.mkdir(temp, 0o700, dir_fd=dir_fd)
         try:
-            yield path
+            yield os.path.join(ctx.path(logical), temp)
         finally:
             import shutil
 
-            shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(temp, dir_fd=dir_fd, ignore_errors=True)
 
 
 def _refuse(logical: str, where: str, err: OSError) -> Exception:
     if err.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
         return UnsafePath(f"refusing {logical}: {where} is a symlink or not a directory; "
-                          "remove it or fix the path")
+                          "remove it or fix the path", reason="symlink")
     return StepError(f"cannot reach {logical}: {where}: {err.strerror}")
 
 
@@ -139,7 +138,7 @@ def _read_at(dir_fd: int, name: str, logical: str, limit: int | None) -> tuple[b
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise UnsafePath(f"refusing {logical}: it is not a regular file")
+            raise UnsafePath(f"refusing {logical}: it is not a regular file", reason="not a regular file")
         chunks, size = [], 0
         while True:
             chunk = os.read(fd, 1 << 16)
@@ -148,7 +147,7 @@ def _read_at(dir_fd: int, name: str, logical: str, limit: int | None) -> tuple[b
             chunks.append(chunk)
             size += len(chunk)
             if limit is not None and size > limit:
-                raise StepError(f"{logical} is larger than {limit} bytes; refusing to read it")
+                raise TooLarge(f"{logical} is larger than {limit} bytes; refusing to read it")
         return b"".join(chunks), info
     finally:
         os.close(fd)
@@ -165,8 +164,28 @@ def read_file(ctx: Context, logical: str, limit: int | None = None) -> bytes | N
     return found[0] if found else None
 
 
+def lstat(ctx: Context, logical: str) -> os.stat_result | None:
+    """The entry itself (a symlink is not followed, nor one on the way: UnsafePath), or None
+    when it or its directory is missing."""
+    parts = split_logical(logical)
+    if not parts:
+        return os.stat(ctx.root)
+    try:
+        with _directory(ctx, parts[:-1], logical) as dir_fd:
+            return os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
 def exists(ctx: Context, logical: str) -> bool:
-    return os.path.lexists(ctx.path(logical))
+    """Whether the entry is there (a symlink counts; none is followed on the way)."""
+    return lstat(ctx, logical) is not None
+
+
+def is_dir(ctx: Context, logical: str) -> bool:
+    """Whether the entry is a directory; a symlink to one is not."""
+    info = lstat(ctx, logical)
+    return info is not None and stat.S_ISDIR(info.st_mode)
 
 
 def make_dirs(ctx: Context, logical: str, mode: int = 0o755, owner: tuple[int, int] = (0, 0)) -> bool:
@@ -182,28 +201,41 @@ def make_dirs(ctx: Context, logical: str, mode: int = 0o755, owner: tuple[int, i
             ctx.changes.append((logical, f"would create directory {logical} (mode {mode:04o})"))
             return True
         return _fix_meta_dry(ctx, logical, mode, owner, info)
-    existed = os.path.isdir(ctx.path(logical))
     try:
+        try:
+            with _directory(ctx, parts, logical) as fd:
+                return _fix_meta(ctx, fd, mode, owner)
+        except FileNotFoundError:
+            pass
         with _directory(ctx, parts, logical, create=True, mode=mode, owner=owner) as fd:
-            info = os.fstat(fd)
-            changed = not existed
-            if stat.S_IMODE(info.st_mode) != mode or (info.st_uid, info.st_gid) != owner:
-                ctx.checkpoint()
-                os.fchown(fd, *owner)
-                os.fchmod(fd, mode)
-                changed = True
+            _fix_meta(ctx, fd, mode, owner)
+            return True
     except OSError as err:
         raise _io_error(f"cannot make directory {logical}", err) from None
-    return changed
+
+
+def _fix_meta(ctx: Context, fd: int, mode: int, owner: tuple[int, int]) -> bool:
+    """Give an open directory `mode` and `owner`; True when it had others."""
+    info = os.fstat(fd)
+    if stat.S_IMODE(info.st_mode) == mode and (info.st_uid, info.st_gid) == owner:
+        return False
+    ctx.checkpoint()
+    os.fchown(fd, *owner)
+    os.fchmod(fd, mode)
+    return True
 
 
 def read_only(ctx: Context, logical: str) -> bool:
     """Whether the file system holding `logical` (or its nearest existing parent) is
     mounted read-only."""
     parts = split_logical(logical)
+    info = lstat(ctx, logical)
+    if info is None or not stat.S_ISDIR(info.st_mode):
+        parts = parts[:-1]  # a file, or nothing yet: its directory's file system decides
     for depth in range(len(parts), -1, -1):
         try:
-            return bool(os.statvfs(os.path.join(ctx.root, *parts[:depth])).f_flag & os.ST_RDONLY)
+            with _directory(ctx, parts[:depth], logical) as fd:
+                return bool(os.fstatvfs(fd).f_flag & os.ST_RDONLY)
         except FileNotFoundError:
             continue
         except OSError as err:
@@ -232,7 +264,9 @@ def _io_error(what: str, err: OSError) -> StepError:
 
 def _fix_meta_dry(ctx: Context, logical: str, mode: int, owner: tuple[int, int],
                   info: os.stat_result | None = None) -> bool:
-    info = info or os.lstat(ctx.path(logical))
+    info = info or lstat(ctx, logical)
+    if info is None:
+        return False
     if stat.S_IMODE(info.st_mode) != mode or (info.st_uid, info.st_gid) != owner:
         ctx.changes.append((logical, f"would set {logical} to mode {mode:04o} owner {owner[0]}:{owner[1]}"))
         return True

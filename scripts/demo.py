@@ -1,6 +1,5 @@
 """Provision a scratch root from the fake IMDS and show what bootagent did."""
 
-import os
 import shutil
 import subprocess
 import sys

@@ -15,6 +15,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from bootagent import config as config_mod
 from bootagent.context import Context
@@ -22,6 +23,22 @@ from bootagent.context import Context
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 BOOTAGENT = str(VENV_BIN / "bootagent")
+
+# Property tests: derandomized under CI (CI=true, as .ci/run sets it), so a run never passes
+# or fails by the luck of a draw; HYPOTHESIS_PROFILE=long draws ten times as many examples
+# from a fresh seed each run, to look for what CI's fixed draw does not show.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("long", derandomize=False)
+HYPOTHESIS_PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default")
+settings.load_profile(HYPOTHESIS_PROFILE)
+LONG_FACTOR = 10
+
+
+def examples(count: int) -> int:
+    """A property test's number of examples: `count`, times LONG_FACTOR under the long profile
+    (a test's own max_examples overrides any profile's, so the factor is applied here)."""
+    return count * LONG_FACTOR if HYPOTHESIS_PROFILE == "long" else count
+
 
 PASSWD = "root:x:0:0:root:/root:/bin/bash\n"
 GROUP = "root:x:0:\nsudo:x:27:\nusers:x:100:\n"

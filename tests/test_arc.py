@@ -10,6 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from test_doctor import lines
+from test_report import make_boot, on_azure
 
 from bootagent import doctor
 from bootagent.errors import StepError
@@ -18,10 +20,7 @@ from bootagent.http import Http
 from bootagent.platform import identity
 from bootagent.runner import resolve_imds_url
 from bootagent.steps import report
-
 from conftest import result_json, run_cli
-from test_doctor import lines
-from test_report import make_boot, on_azure
 
 SECRET = "0123456789abcdef-arc-secret"
 TOKEN = "eyJ-super-secret-token"

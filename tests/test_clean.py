@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import background, lock_held, result_json, run_cli
 from test_host_keys import UUID, set_dmi
 
+from conftest import background, lock_held, result_json, run_cli
 
 
 @pytest.fixture

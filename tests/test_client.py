@@ -315,6 +315,60 @@ def test_retry_after_is_honoured_never_shortened_by_jitter():
             assert len(clock.sleeps) == 1 and 3.0 <= clock.sleeps[0] <= 3.0 * 1.2, clock.sleeps
 
 
+class _LowerCaseRetryAfter(_RetryAfterThenDocument):
+    """As above, but its header names are lower case, as HTTP allows (names fold case)."""
+
+    def send_header(self, keyword, value):
+        super().send_header(keyword.lower(), value)
+
+
+def test_retry_after_in_lower_case_is_honoured():
+    with loopback_server(_LowerCaseRetryAfter) as url:
+        clock = FakeClock()
+        http = Http(clock, clock.sleep)
+        assert ImdsClient(http, url, VERSION).fetch_document(clock() + 30).vm_id == "retry-after-vm"
+        assert clock.sleeps == [3.0]
+
+
+class _Trickle(BaseHTTPRequestHandler):
+    """Announces a document of 400 bytes and sends a byte every 0.2 s (80 s in all): a
+    server that keeps one attempt alive. `hung_up` counts the clients that left mid-body."""
+
+    protocol_version = "HTTP/1.0"
+    hung_up = 0
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "400")
+        self.end_headers()
+        try:
+            for _ in range(400):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            type(self).hung_up += 1
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_trickling_body_cannot_hold_a_request_past_the_deadline():
+    """Each byte comes well within the read timeout; the deadline still ends the attempt."""
+    with loopback_server(_Trickle) as url:
+        http, client = real_client(url)
+        with pytest.raises(ImdsUnavailable) as caught:
+            client.fetch_document(time.monotonic() + 1.5)
+        message = assert_one_line(str(caught.value))
+        assert "the answer was still arriving at the deadline" in message
+        for _ in range(50):  # the server notices the hang-up at its next byte
+            if _Trickle.hung_up:
+                break
+            time.sleep(0.1)
+        assert _Trickle.hung_up == http.attempts == 1
+
+
 # -- bodies that are not documents: clear errors, bounded memory ---------------------------
 
 
@@ -443,6 +497,28 @@ def test_metadata_of_an_unknown_path_is_one_clear_line(fake_imds, root):
     assert "404" in line and "compute/noSuchThing" in line and "check the path" in line
     assert done.stdout == ""
     assert fake_imds.count() == 1  # a 404 is final, not retried
+
+
+class _ProxyErrorPage(BaseHTTPRequestHandler):
+    """A 404 whose body is a page of many lines and a terminal escape, as a proxy's may be."""
+
+    def do_GET(self):
+        body = b"<html>\n<h1>Not Found</h1>\n\x1b[2Jgone\r\n</html>\n"
+        self.send_response(404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_refusal_with_a_page_of_many_lines_is_still_one_line(root):
+    with loopback_server(_ProxyErrorPage) as url:
+        done = run_cli("metadata", "compute/vmId", "--root", str(root), "--imds-url", url, "--timeout", "5")
+    assert done.returncode == 1
+    line = assert_one_line(done.stderr)
+    assert line.isprintable() and "<h1>Not Found</h1> \\x1b[2Jgone </html>" in line
 
 
 def test_metadata_without_an_imds_is_exit_3_at_the_deadline(root):

@@ -7,12 +7,11 @@ import time
 from http.server import BaseHTTPRequestHandler
 
 import pytest
+from test_report import closed_port, on_azure
 
 from bootagent import doctor
 from bootagent.fake.server import FakeImds, default_document
-
 from conftest import loopback_server, run_cli
-from test_report import closed_port, on_azure
 
 ORDER = ["proxy", "route", "tcp", "metadata", "api-version", "token", "wireserver"]
 # /proc/net/route of a VM: default route via 192.168.2.1 on eth0, 192.168.2.0/24 on-link

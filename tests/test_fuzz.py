@@ -25,9 +25,10 @@ from bootagent.imds import document, userdata
 from bootagent.imds.document import MAX_TAGS, parse_body, parse_document, parse_tags_list, parse_tags_string
 from bootagent.steps import hostname as hostname_step
 from bootagent.steps import ssh_keys
+from conftest import examples
 from reliability.strategies import hostile_documents, json_values, nasty_text
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # ---- strategies -------------------------------------------------------------------
 
@@ -257,7 +258,7 @@ def test_decode_returns_bounded_bytes_or_a_userdata_error(encoded):
         assert found is None or found.data == raw
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 @given(yaml_texts.map(lambda text: text + f"password: {SECRET}\n"))
 def test_userdata_errors_never_carry_its_content(text):
     for call, arg in ((userdata.classify, text.encode()), (userdata.decode, text)):

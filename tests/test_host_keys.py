@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bootagent import state
 from bootagent.steps import host_keys
@@ -387,6 +388,7 @@ def test_instance_verdict_never_compares_the_dmi_uuid_with_the_vm_id():
     assert verdict("vmid:vm", None, "VM") == ("same", "vmid:vm")
     assert verdict("vmid:vm", UUID, "vm") == ("same", f"dmi:{UUID}")  # now known by its DMI UUID
     assert verdict(f"vmid:{UUID}", UUID, None) == ("new", f"dmi:{UUID}")  # made offline, booted elsewhere
+    assert verdict("vm", None, "vm") == ("new", "vmid:vm")  # a record of no kind the agent writes
 
 
 def test_directives_parse_as_sshd_does():

@@ -13,13 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from test_host_keys import UUID, pair_is_valid, set_dmi
 
 from bootagent import writer
 from bootagent.context import Context
 from bootagent.errors import StepError
-
 from conftest import background, build_root, lock_held, result_json, run_cli
-from test_host_keys import UUID, pair_is_valid, set_dmi
 
 ED25519 = "etc/ssh/ssh_host_ed25519_key"
 ECDSA = "etc/ssh/ssh_host_ecdsa_key"

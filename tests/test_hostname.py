@@ -7,7 +7,8 @@ import os
 import socket
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bootagent import config
 from bootagent.boot import Boot
@@ -17,7 +18,7 @@ from bootagent.imds.document import parse_document
 from bootagent.state import InstanceState
 from bootagent.steps import hostname
 from bootagent.steps.hostname import choose_hostname, valid_hostname
-from conftest import b64
+from conftest import b64, examples
 
 MANAGED = "# managed by bootagent"
 
@@ -67,7 +68,7 @@ def test_invalid_names(name):
     assert not valid_hostname(name)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.one_of(st.text(max_size=300), st.binary(max_size=20), st.integers(), st.none()))
 def test_valid_hostname_is_total(value):
     assert valid_hostname(value) in (True, False)
@@ -76,14 +77,14 @@ def test_valid_hostname_is_total(value):
 LABEL = st.from_regex(r"\A[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(st.lists(LABEL, min_size=1, max_size=4))
 def test_dotted_rfc1123_labels_are_valid(labels):
     name = ".".join(labels)
     assert valid_hostname(name) == (len(name) <= 253)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(st.text(min_size=1, max_size=40), st.characters(exclude_characters=
        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-"))
 def test_any_other_character_makes_it_invalid(text, bad):
@@ -136,7 +137,8 @@ def test_hosts_keeps_every_other_line_byte_for_byte():
 def test_hosts_managed_line_goes_before_the_images_127_0_1_1_line_and_is_replaced_later():
     current = b"127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n::1\tip6-localhost\n"
     first = hostname.update_hosts(current, "one")
-    assert first == b"127.0.0.1\tlocalhost\n127.0.1.1\tone\t# managed by bootagent\n127.0.1.1\tdebian\n::1\tip6-localhost\n"
+    assert first == (b"127.0.0.1\tlocalhost\n127.0.1.1\tone\t# managed by bootagent\n"
+                     b"127.0.1.1\tdebian\n::1\tip6-localhost\n")
     second = hostname.update_hosts(first + b"127.0.1.1\tstale\t# managed by bootagent\n", "Two")
     assert second == first.replace(b"\tone\t", b"\tTwo\t")
 

@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bootagent import cli
-from conftest import REPO, result_json, run_cli
+from conftest import REPO, examples, result_json, run_cli
 
 # Heavy modules a command must not load: Jinja and PyYAML cost a later boot more than
 # its whole budget; argparse is for help and errors; subprocess only for a step that
@@ -202,7 +203,7 @@ def argparse_result(argv: list[str]) -> dict | None:
         return None
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.lists(st.sampled_from(TOKENS), max_size=6))
 def test_the_fast_path_gives_what_argparse_gives(argv):
     fast = cli._fast_parse(argv)

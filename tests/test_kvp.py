@@ -9,14 +9,13 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_report import OK_STEPS, make_boot, on_azure
 
 from bootagent import __version__
 from bootagent.platform import kvp
 from bootagent.state import InstanceState
 from bootagent.steps import StepResult, report
-
-from conftest import b64
-from test_report import OK_STEPS, make_boot, on_azure
+from conftest import b64, examples
 
 WALL = 1700000000.0  # 2023-11-14T22:13:20Z
 
@@ -66,7 +65,7 @@ def test_decode_refuses_a_partial_record():
         kvp.decode_records(b"\0" * 2561)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(value=st.text())
 def test_any_value_encodes_to_one_record_and_reads_back_as_its_prefix(value):
     record = kvp.encode_record(kvp.REPORT_KEY, value)

@@ -4,7 +4,8 @@ the refusals, and a property test that the parser only ever returns a Media or r
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bootagent.errors import MediaError
 from bootagent.media.ovf import MAX_MEDIA, Media, parse

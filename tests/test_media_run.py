@@ -15,10 +15,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+from test_media_parse import azure_form, fields, ns0_ns1, wa_everywhere
 
 from bootagent.fake.media import build_ovf, write_media
 from conftest import result_json, run_cli
-from test_media_parse import azure_form, fields, ns0_ns1, wa_everywhere
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

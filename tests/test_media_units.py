@@ -11,16 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from bootagent.config import validate
 from bootagent.errors import ConfigError, MediaError, StepError
 from bootagent.fake.media import build_ovf
 from bootagent.fake.server import default_document
+from bootagent.imds.document import parse_document
 from bootagent.media import find
 from bootagent.sshd import includes
 from bootagent.steps.hostname import choose_hostname
-from bootagent.config import validate
-from bootagent.imds.document import parse_document
 from conftest import result_json
-
 
 # -- discovery ---------------------------------------------------------------------------------
 

@@ -144,7 +144,7 @@ class Bench:
         scan = subprocess.run(["ssh-keyscan", "-T", "30", "-t", "rsa,ecdsa,ed25519",
                                "-p", str(vm.ssh_port), "127.0.0.1"],
                               capture_output=True, text=True, timeout=120).stdout
-        lines = "".join(l + "\n" for l in scan.splitlines() if l and not l.startswith("#"))
+        lines = "".join(line + "\n" for line in scan.splitlines() if line and not line.startswith("#"))
         fp = subprocess.run(["ssh-keygen", "-lf", "-"], input=lines, capture_output=True,
                             text=True).stdout
         return {line.split()[-1].strip("()"): line.split()[1] for line in fp.splitlines() if line}
@@ -269,7 +269,7 @@ def test_first_boot_provisions_before_sshd(bench):
 
         # journal: structured lines from the unit
         journal = bench.run(vm, "sudo journalctl -b -u bootagent -o json --no-pager")
-        entries = [json.loads(l) for l in journal.splitlines() if l.startswith("{")]
+        entries = [json.loads(line) for line in journal.splitlines() if line.startswith("{")]
         tagged = [e for e in entries if "BOOTAGENT_STEP" in e and "BOOTAGENT_INSTANCE_ID" in e]
         assert tagged, "no journal entry of bootagent.service has BOOTAGENT_STEP and " \
                        "BOOTAGENT_INSTANCE_ID:\n" + journal[-3000:]

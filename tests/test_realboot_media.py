@@ -30,6 +30,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_realboot import SSH_DEADLINE, _missing_prerequisites  # noqa: E402
+
 from vm import fake as vmfake  # noqa: E402
 from vm import image as vmimage  # noqa: E402
 from vm import qemu as vmqemu  # noqa: E402

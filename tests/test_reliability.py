@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 
-from conftest import BOOTAGENT, result_json, run_cli
 from bootagent.fake.server import FakeImds, default_document
+from conftest import BOOTAGENT, examples, result_json, run_cli
 from reliability import machine
 from reliability.jail import JAIL_CONFIG, jail_root, run_live
 from reliability.scenario import copy_root, scenario_root
@@ -290,6 +290,31 @@ def test_a_read_only_home_fails_ssh_keys_with_one_clear_line(fake, image, mounts
     assert list((root / "home/azureuser").iterdir()) == []
 
 
+def test_a_state_that_cannot_be_saved_is_the_runs_error_and_status_tells_it(fake, image, mounts, tmp_path):
+    """/var/lib/bootagent full: the steps ran, but the instance state could not be saved:
+    result.json still records the run (its error says so), exit 1, and `status --wait`
+    returns at once instead of waiting out its timeout (SPEC "Hardening")."""
+    root = copy_root(image, tmp_path / "root")
+    state_dir = root / "var/lib/bootagent"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    pristine = copy_root(state_dir, tmp_path / "state-copy")
+    mounts.tmpfs(state_dir, "1m")
+    subprocess.run(["cp", "-a", f"{pristine}/.", str(state_dir)], check=True)
+    (state_dir / "lock").touch()
+    assert machine.fill(state_dir) > 0
+    done = boot(root, fake)
+    assert done.returncode == 1, done.stderr
+    one_line_per_failure(done.stderr)
+    record = result_json(root)
+    assert record["status"] == "error"
+    assert record["error"].startswith("cannot save the instance state: cannot write "
+                                      "/var/lib/bootagent/instance.json: No space left on device")
+    assert steps(root)["hostname"] == "changed"
+    assert not (state_dir / "instance.json").exists()
+    status = run_cli("status", "--root", str(root), "--wait", "--timeout", "600")
+    assert status.returncode == 1 and f"error: {record['error']}" in status.stdout
+
+
 def test_a_read_only_root_is_one_clear_line_and_exit_1(fake, image, mounts, tmp_path):
     root = copy_root(image, tmp_path / "root")
     mounts.read_only(root)
@@ -400,7 +425,7 @@ MANAGED = re.compile(r"^(etc/(hostname|hosts|motd|\.pwd\.lock|(passwd|shadow|gro
                      r"|var/lib/bootagent|var/lib/hyperv/\.kvp_pool_1)$")
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(document=hostile_documents())
 def test_hostile_documents_end_in_an_exit_code_never_a_traceback_nor_a_stray_or_torn_file(
@@ -471,6 +496,27 @@ def test_a_userdata_script_is_bounded_in_time_and_output_and_leaves_the_other_re
         assert userdata["script_output_dropped"] == len("x" * 6_000_000 + "\n" + "the end\n") - (1 << 20)
         assert max(len(line) for line in done.stderr.splitlines()) < 400
         assert len(done.stderr) < 20_000
+
+
+def test_a_userdata_script_skipped_by_configuration_runs_once_scripts_are_enabled(fake, jail):
+    """userdata.run_scripts false: the script is skipped and the step not recorded as done,
+    so turning scripts on runs it at the next boot, and once only (SPEC "Hardening")."""
+    document = default_document()
+    script = "#!/bin/sh\necho ran >> /var/lib/script-runs\n"
+    document["compute"]["userData"] = base64.b64encode(script.encode()).decode()
+    config = jail / "etc/bootagent/bootagent.yaml"
+    with serving(fake, document):
+        config.write_text("userdata:\n  run_scripts: false\n" + JAIL_CONFIG)
+        skipped = run_live(jail, "--imds-url", fake.url)
+        assert skipped.returncode == 0, skipped.stderr
+        step = result_json(jail)["steps"]["userdata"]
+        assert (step["script"], step["script_reason"]) == ("skipped", "userdata.run_scripts is false")
+        assert not (jail / "var/lib/script-runs").exists()
+        config.write_text("userdata:\n  run_scripts: true\n" + JAIL_CONFIG)
+        enabled = run_live(jail, "--imds-url", fake.url)
+        again = run_live(jail, "--imds-url", fake.url)
+    assert enabled.returncode == 0 and again.returncode == 0, enabled.stderr + again.stderr
+    assert (jail / "var/lib/script-runs").read_text() == "ran\n"
 
 
 def test_a_userdata_script_runs_once_per_instance_whatever_its_exit_status(fake, jail):

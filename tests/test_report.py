@@ -18,8 +18,7 @@ from bootagent.imds.document import parse_document
 from bootagent.platform import AZURE_ASSET_TAG, wireserver
 from bootagent.state import InstanceState
 from bootagent.steps import StepResult, report
-
-from conftest import b64, result_json, run_cli
+from conftest import b64, examples, result_json, run_cli
 
 SECRET = "hunter2-correct-horse-battery"
 OK_STEPS = {"hostname": StepResult("changed", ["/etc/hostname"]), "users": StepResult("changed"),
@@ -90,6 +89,17 @@ def test_second_boot_reports_nothing(azure_ctx, fake_imds, document):
     assert outcome.status == "unchanged"
     assert "already reported" in outcome.reason
     assert wire_requests(fake_imds) == []
+
+
+def test_user_data_words_never_garble_the_not_ready_description(azure_ctx, fake_imds, document):
+    """userData holding common words (`keys`, `host`, `ssh`) leaves the steps' own text as it is."""
+    document["compute"]["userData"] = b64("#cloud-config\nssh: keys\nhost: host\nrole: web\n")
+    error = ("cannot make SSH host key /etc/ssh/ssh_host_rsa_key: ssh-keygen failed (unknown key type); "
+             "check that this ssh-keygen makes that key type")
+    boot = make_boot(document, dict(OK_STEPS, host_keys=StepResult.failed(error)))
+    report.run(azure_ctx(), boot)
+    [health] = fake_imds.health_reports
+    assert health["description"] == f"failed steps: host_keys; host_keys: {error}"
 
 
 def test_failed_step_posts_not_ready_naming_it_without_user_data(azure_ctx, fake_imds, document):
@@ -309,7 +319,7 @@ def test_not_ready_document_carries_details_escaped():
     assert role.findtext("Health/Details/Description") == "a < b & c next"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(values=st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Cn"))).map(str.strip)
                        .filter(bool), min_size=3, max_size=3),
        description=st.text())

@@ -9,7 +9,8 @@ import os
 import subprocess
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bootagent.boot import Boot
 from bootagent.errors import StepError
@@ -17,6 +18,7 @@ from bootagent.imds.document import parse_document
 from bootagent.state import InstanceState
 from bootagent.steps import ssh_keys, users
 from bootagent.steps.ssh_keys import parse_key
+from conftest import examples
 
 HOME = "/home/azureuser"
 AUTHORIZED = f"{HOME}/.ssh/authorized_keys"
@@ -103,7 +105,7 @@ def test_parse_key_refuses_malformed_keys_by_index(keys, make, why):
     assert "\n" not in str(caught.value)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.one_of(st.text(max_size=200), st.none(), st.integers(), st.binary(max_size=50),
                  st.builds(lambda kind, blob, rest: f"{kind} {blob}{rest}",
                            st.sampled_from(ssh_keys.KEY_TYPES + ("ssh-dss", "")),
@@ -118,7 +120,7 @@ def test_parse_key_returns_a_line_or_raises_step_error(value):
     assert parse_key(line) == line
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 @given(st.sampled_from(["ed1", "ecdsa", "rsa"]), st.text(" \t\r\n", max_size=4),
        st.text(" \t\r\n", max_size=4))
 def test_parse_key_normalizes_surrounding_blanks(keys, name, before, after):

@@ -183,6 +183,17 @@ def test_a_sandbox_escape_fails_that_template_with_a_clear_line(root, make_ctx, 
     assert (root / "etc/ok").exists()
 
 
+@pytest.mark.parametrize("body", ["{% include 'motd.j2' %}", "{% import 'x.j2' as x %}",
+                                  "{% extends 'base.j2' %}", "{% include ['a.j2', 'b.j2'] %}"])
+def test_include_import_and_extends_fail_that_template_saying_so(root, make_ctx, document, body):
+    write_template(root, "motd.j2", "secret of another template\n")
+    write_template(root, "t.j2", "first\n" + body + "\n")
+    outcome = run_step(make_ctx, document, [entry("t.j2", "/etc/t")])
+    assert outcome.error == ("templates: t.j2: include, import and extends are not supported at line 2: "
+                             "put it all in one template")
+    assert not (root / "etc/t").exists()
+
+
 def test_errors_never_quote_userdata(root, make_ctx, document):
     document["compute"]["userData"] = b64("secret: hunter2-token\n")
     write_template(root, "a.j2", "{{ userdata[userdata.secret] }}")

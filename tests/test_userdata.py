@@ -14,15 +14,16 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from bootagent import script as executor
 from bootagent.boot import Boot
 from bootagent.imds.document import parse_document
 from bootagent.imds.userdata import MAX_DECODED
 from bootagent.state import InstanceState
-from bootagent import script as executor
 from bootagent.steps import StepResult, userdata
-from conftest import b64
+from conftest import b64, examples
 
 SAVED = "var/lib/bootagent/user-data"
 OUTPUT = "var/lib/bootagent/user-data.output"
@@ -288,7 +289,7 @@ def test_a_start_failure_is_reported_not_raised(tmp_path):
     assert ran.start_error == "Exec format error"
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(chunks=st.lists(st.binary(max_size=300), max_size=30), limit=st.integers(min_value=4, max_value=800))
 def test_bounded_output_keeps_the_exact_head_and_tail(chunks, limit):
     kept = executor.BoundedOutput(limit)

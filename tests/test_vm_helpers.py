@@ -48,12 +48,12 @@ def test_mirrors_come_from_the_hosts_deb822_sources(tmp_path):
     etc = apt_etc(tmp_path, {"sources.list.d/debian.sources": DEB822,
                              "sources.list.d/other.list.disabled": "deb http://no.example/ x main\n"})
     lines = image.debian_mirrors("bookworm", etc)
-    assert [l.split()[-3:] for l in lines] == [
+    assert [line.split()[-3:] for line in lines] == [
         ["http://mirror.example/debian", "bookworm", "main"],
         ["http://mirror.example/debian", "bookworm-updates", "main"],
         ["http://mirror.example/debian-security", "bookworm-security", "main"],
     ]
-    assert not any("elsewhere" in l for l in lines)
+    assert not any("elsewhere" in line for line in lines)
 
 
 def test_a_host_on_another_release_lends_its_mirror(tmp_path):

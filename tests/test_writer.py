@@ -204,26 +204,31 @@ def test_dot_dot_and_relative_paths_are_refused(make_ctx, root, outside, logical
 # -- temp files a killed run left --------------------------------------------------------------
 
 
+# a PID no process can have (above Linux's largest pid_max): the writer that left it is gone
+GONE = 99999999
+
+
 def test_stale_temp_files_are_removed_on_the_next_write_in_that_directory(make_ctx, root):
-    stale = [".hosts.bootagent-tmp.a1b2c3d4", ".motd.bootagent-tmp.XyZ_09"]
-    kept = ["hosts.bootagent-tmp.a1b2c3d4", ".hosts.bootagent-tmp.ab", "notes"]
+    stale = [f".hosts.bootagent-tmp.{GONE}-a1b2c3d4", f".motd.bootagent-tmp.{GONE}-XyZ_09"]
+    kept = [f"hosts.bootagent-tmp.{GONE}-a1b2c3d4", f".hosts.bootagent-tmp.{GONE}-ab",
+            ".hosts.bootagent-tmp.a1b2c3d4", "notes"]  # not ours: no writer's PID in it
     for name in stale + kept:
         (root / "etc" / name).write_text("half\n")
-    (root / "var/lib/.other.bootagent-tmp.a1b2c3d4").write_text("half\n")
+    (root / f"var/lib/.other.bootagent-tmp.{GONE}-a1b2c3d4").write_text("half\n")
 
     writer.write_file(make_ctx(), "/etc/hostname", b"localhost\n")  # no change needed
 
     names = os.listdir(root / "etc")
     assert not any(name in names for name in stale)
     assert all(name in names for name in kept)
-    assert (root / "var/lib/.other.bootagent-tmp.a1b2c3d4").exists()  # another directory
+    assert (root / f"var/lib/.other.bootagent-tmp.{GONE}-a1b2c3d4").exists()  # another directory
 
 
 # -- dry run -----------------------------------------------------------------------------------
 
 
 def test_dry_run_records_a_unified_diff_and_changes_no_byte(make_ctx, root):
-    (root / "etc/.hosts.bootagent-tmp.a1b2c3d4").write_text("half\n")
+    (root / f"etc/.hosts.bootagent-tmp.{GONE}-a1b2c3d4").write_text("half\n")
     before = tree_digest(root)
     ctx = make_ctx(dry_run=True)
 
@@ -389,9 +394,9 @@ def test_a_sweep_removes_a_killed_runs_temp_files_but_not_those_this_process_is_
     ctx = make_ctx()
     run_dir = root / "run/bootagent"
     run_dir.mkdir(parents=True)
-    stale_file = run_dir / ".result.json.bootagent-tmp.0a1b2c3d"
+    stale_file = run_dir / f".result.json.bootagent-tmp.{GONE}-0a1b2c3d"
     stale_file.write_text("left by a killed run")
-    stale_dir = run_dir / ".host-keys.bootagent-tmp.9f8e7d6c"
+    stale_dir = run_dir / f".host-keys.bootagent-tmp.{GONE}-9f8e7d6c"
     stale_dir.mkdir()
     (stale_dir / "key0").write_text("a killed run's private key")
 

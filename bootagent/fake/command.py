@@ -12,8 +12,8 @@ import threading
 from pathlib import Path
 
 from .faults import FaultPlanError
-from .pki import Issued, PkiError
 from .imds import load_document
+from .pki import Issued, PkiError
 from .scheduled import EVENT_TYPES
 
 FAKE_IMDS_HELP = (
@@ -94,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; 0 then, 2 on a bad document, plan or address."""
+    import gc
+
     from .server import FakeImds  # here: server.py imports this module
+
+    gc.enable()  # the agent's short runs go without it; a fake may serve for days
 
     try:
         signer = _attest_signer(args)

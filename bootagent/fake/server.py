@@ -22,6 +22,7 @@ import json
 import threading
 import time
 from collections import deque
+from typing import TextIO
 
 from . import imds
 from .attested import ATTESTED_PATH, AttestedEndpoint
@@ -30,14 +31,32 @@ from .faults import Fault, FaultPlan
 from .identity import IDENTITY_PATH, ArcChallenge, IdentityEndpoint
 from .imds import default_document  # noqa: F401 - part of this module's API
 from .loadbalancer import LOADBALANCER_PATH, loadbalancer_reply
-from .messages import (HTML_TYPE, JSON_TYPE, Reply, Request, error_reply, html_error_page,
-                       json_reply, phrase)
+from .messages import HTML_TYPE, JSON_TYPE, Reply, Request, error_reply, html_error_page, json_reply, phrase
 from .scheduled import SCHEDULED_EVENTS_PATH, ScheduledEvents
 from .transport import FakeHTTPServer
 from .wireserver import Wireserver, error_xml, goal_state_of
 
 REPLACING_FAULTS = ("status", "html", "big", "hang", "reset")
 CATEGORY_PATHS = (ATTESTED_PATH, SCHEDULED_EVENTS_PATH, LOADBALANCER_PATH)
+# requests (and health reports) kept in memory: a fake that serves an image pipeline for
+# days must not grow without bound; the --log file keeps every one
+KEEP_REQUESTS = 10_000
+
+
+class KeptLog(list):
+    """A list that keeps only its last `keep` entries; `dropped` counts the others."""
+
+    def __init__(self, keep: int):
+        super().__init__()
+        self.keep = keep
+        self.dropped = 0
+
+    def append(self, entry) -> None:
+        super().append(entry)
+        if len(self) > self.keep:
+            excess = len(self) - self.keep
+            del self[:excess]
+            self.dropped += excess
 
 
 class RateLimiter:
@@ -67,7 +86,7 @@ class FakeImds:
                  host: str = "127.0.0.1", port: int = 0, identity: bool = True,
                  arc: bool = False, arc_tokens_dir: str | None = None,
                  log_path: str | None = None, rate_limit: int = 5, events=(),
-                 attest_signer=None):
+                 attest_signer=None, keep_requests: int = KEEP_REQUESTS):
         self._lock = threading.Lock()
         self._document = document if document is not None else default_document(arc=arc)
         self.plan = FaultPlan(faults)
@@ -80,13 +99,13 @@ class FakeImds:
         self.scheduled = ScheduledEvents(events)
         self.rate_limiter = RateLimiter(rate_limit)
         self.log_path = log_path
-        self.requests: list[dict] = []
-        self.health_reports: list[dict] = []
+        self.requests: KeptLog = KeptLog(keep_requests)
+        self.health_reports: KeptLog = KeptLog(keep_requests)
         self.stopping = threading.Event()
         self._connections: set = set()
         self._httpd: FakeHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._log_file = None
+        self._log_file: TextIO | None = None
 
     # -- the document and the plan, replaceable between runs --------------------
 
@@ -178,6 +197,7 @@ class FakeImds:
     # -- requests -------------------------------------------------------------
 
     def count(self, path_prefix: str = "/metadata/instance", method: str = "GET") -> int:
+        """Matching requests among those kept (all of them below KEEP_REQUESTS)."""
         with self._lock:
             return sum(1 for entry in self.requests
                        if entry["path"].startswith(path_prefix) and entry["method"] == method)
@@ -199,7 +219,7 @@ class FakeImds:
         if target == "ws" and self.arc:
             return error_reply(404, "Not found"), None
         fault = self.plan.take(target) if target else None
-        if fault and fault.kind in REPLACING_FAULTS:
+        if fault and target and fault.kind in REPLACING_FAULTS:
             return _fault_reply(fault, target), fault
         if fault and fault.kind == "notdoc":
             return json_reply(200, imds.compute_subtree(self.document)), fault

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import select
 import socket
-import sys
 import struct
+import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
@@ -53,6 +53,7 @@ class FakeHandler(BaseHTTPRequestHandler):
     server_version = "bootagent-fake-imds"
     sys_version = ""
     timeout = 60  # an idle keep-alive connection is dropped after this
+    server: FakeHTTPServer
 
     def setup(self):
         super().setup()
@@ -102,14 +103,14 @@ class FakeHandler(BaseHTTPRequestHandler):
     def _deliver(self, reply: Reply, fault: Fault | None):
         kind = fault.kind if fault else None
         stopping = self.server.fake.stopping
-        if kind == "slow" and stopping.wait(fault.seconds):
+        if fault and kind == "slow" and stopping.wait(fault.seconds):
             kind = "reset"
         if kind == "hang":
             self._hang()
             kind = "reset"
         if kind == "reset":
             self._reset()
-        elif kind == "big":
+        elif fault and kind == "big":
             self._stream_big(fault.size)
         else:
             self._send(reply, truncate=kind == "truncate", close=kind is not None)

@@ -68,7 +68,8 @@ class HealthError(ValueError):
 
 def goal_state_of(document: dict, incarnation: str) -> dict:
     """Incarnation, container id and instance id for the VM this document describes."""
-    compute = document.get("compute") if isinstance(document.get("compute"), dict) else {}
+    found = document.get("compute")
+    compute: dict = found if isinstance(found, dict) else {}
     vm_id = str(compute.get("vmId") or "00000000-0000-0000-0000-000000000000")
     name = str(compute.get("name") or "vm")
     return {

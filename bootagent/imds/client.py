@@ -13,8 +13,8 @@ from urllib.parse import quote
 from bootagent.errors import DocumentError, HttpError, ImdsUnavailable
 from bootagent.http import Http, Response, RetryLater
 from bootagent.imds.document import Instance, parse_body
-from bootagent.imds.versions import (CATEGORY_VERSIONS, SUPPORTED_API_VERSIONS, newest_supported,
-                                     version_for)
+from bootagent.imds.versions import CATEGORY_VERSIONS, SUPPORTED_API_VERSIONS, newest_supported, version_for
+from bootagent.text import one_line
 
 HEADERS = {"Metadata": "true"}
 ARC_URL_HINT = "on Azure Arc check that the Arc agent runs (IMDS_ENDPOINT)"
@@ -113,10 +113,11 @@ def _fallback_version(err: HttpError, supported: tuple = SUPPORTED_API_VERSIONS,
 
 
 def _error_text(body: bytes) -> str:
+    """IMDS's own words for a refusal, on one bounded line (a proxy's page may be anything)."""
     try:
         value = json.loads(body)
         if isinstance(value, dict) and isinstance(value.get("error"), str):
-            return value["error"][:200]
+            return one_line(value["error"])
     except ValueError:
         pass
-    return body[:200].decode("utf-8", "replace")
+    return one_line(body[:400].decode("utf-8", "replace"))

@@ -8,9 +8,10 @@ object holds a non-empty string `vmId`; anything else is refused with DocumentEr
 from __future__ import annotations
 
 import json
-from bootagent.record import Factory, Record
 
 from bootagent.errors import DocumentError
+from bootagent.record import Factory, Record
+from bootagent.text import one_line
 
 MAX_TAGS = 1000
 
@@ -44,7 +45,7 @@ def parse_body(body: bytes, source: str) -> Instance:
     try:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
-        raise DocumentError(f"{source} is not JSON ({_short(err)}); an instance document is the JSON "
+        raise DocumentError(f"{source} is not JSON ({one_line(err, 80)}); an instance document is the JSON "
                             "object IMDS serves at /metadata/instance") from None
     return parse_document(value, source)
 
@@ -61,7 +62,7 @@ def parse_document(value: object, source: str = "the instance document") -> Inst
     network = value.get("network")
     os_profile = compute.get("osProfile")
     has_profile = isinstance(os_profile, dict)
-    profile = os_profile if has_profile else {}
+    profile: dict = os_profile if isinstance(os_profile, dict) else {}
     tags, tags_error = _tags_of(compute)
     keys = compute.get("publicKeys")
     return Instance(
@@ -138,7 +139,3 @@ def parse_tags_list(items: list) -> dict[str, str]:
         tags[name] = value
     return tags
 
-
-def _short(err: Exception) -> str:
-    text = str(err)
-    return text if len(text) <= 80 else text[:77] + "..."

@@ -10,9 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import zlib
-from bootagent.record import Record
 
 from bootagent.errors import StepError
+from bootagent.record import Record
 
 MAX_ENCODED = 1 << 20          # Azure allows 64 KiB; be generous, not unbounded
 MAX_DECODED = 4 << 20

@@ -15,8 +15,9 @@ import re
 from urllib.parse import quote
 
 from bootagent import writer
-from bootagent.errors import BootagentError, HttpError, StepError
+from bootagent.errors import BootagentError, HttpError, StepError, TooLarge, UnsafePath
 from bootagent.http import Http, Response
+from bootagent.text import one_line, quoted
 
 TOKEN_PATH = "/metadata/identity/oauth2/token"
 RESOURCE = "https://management.azure.com/"
@@ -61,7 +62,7 @@ def realm_key_name(header: str) -> str:
     realm = found.group(1).strip('"').replace("\\", "/")
     name = realm.rsplit("/", 1)[-1]
     if not _KEY_NAME.match(name):
-        raise StepError(f"refusing the challenge's secret file {name[:80]!r}: its name must end in .key; "
+        raise StepError(f"refusing the challenge's secret file {quoted(name)}: its name must end in .key; "
                         "check that the Arc agent (himdsd) is genuine and healthy")
     return name
 
@@ -84,14 +85,13 @@ def read_secret(ctx, name: str) -> str:
 
 
 def _why(err: BootagentError) -> str:
-    text = str(err)
-    if "symlink" in text:
-        return "it, or a directory on its way, is a symlink"
-    if "not a regular file" in text:
-        return "it is not a regular file"
-    if "larger than" in text:
+    if isinstance(err, TooLarge):
         return f"it is larger than {MAX_SECRET} bytes"
-    return text
+    if isinstance(err, UnsafePath) and err.reason == "symlink":
+        return "it, or a directory on its way, is a symlink"
+    if isinstance(err, UnsafePath) and err.reason == "not a regular file":
+        return "it is not a regular file"
+    return str(err)
 
 
 def request_token(ctx, http: Http, deadline: float) -> int:
@@ -114,7 +114,7 @@ def request_token(ctx, http: Http, deadline: float) -> int:
 
 def _accept(answer: Response, challenge_ok: bool) -> int:
     if answer.status == 401:
-        header = _header(answer, "WWW-Authenticate")
+        header = answer.headers.get("WWW-Authenticate") or ""
         if challenge_ok and header:
             raise _Challenge(header)
         if header:
@@ -141,13 +141,6 @@ def _accept(answer: Response, challenge_ok: bool) -> int:
         return 0
 
 
-def _header(answer: Response, name: str) -> str:
-    for key, value in answer.headers.items():
-        if key.lower() == name.lower():
-            return value
-    return ""
-
-
 def _oauth_error(body: bytes) -> str:
     """The error text of an OAuth or IMDS error body, shortened; never a token."""
     try:
@@ -157,4 +150,4 @@ def _oauth_error(body: bytes) -> str:
     if not isinstance(value, dict):
         return ""
     text = value.get("error_description") or value.get("error") or ""
-    return re.sub(r"[\x00-\x1f\x7f]", " ", text)[:200] if isinstance(text, str) else ""
+    return one_line(text) if isinstance(text, str) else ""

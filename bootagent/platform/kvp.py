@@ -9,7 +9,6 @@ expect. The value never holds userData: it is built from step names and errors o
 
 from __future__ import annotations
 
-import os
 import re
 
 KEY_SIZE = 512
@@ -74,7 +73,7 @@ def report(ctx, ok: bool, vm_id: str, reason: str | None) -> str | None:
     from bootagent import writer
     from bootagent.result import iso
 
-    if not os.path.isdir(ctx.path(KVP_DIR)):
+    if not writer.is_dir(ctx, KVP_DIR):
         return None
     value = report_value(ok, vm_id, reason, iso(ctx.wall()))
     writer.append_record(ctx, POOL_FILE, encode_record(REPORT_KEY, value))

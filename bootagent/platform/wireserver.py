@@ -11,12 +11,13 @@ refused before parsing, so no entity can expand (billion laughs) or reach outsid
 from __future__ import annotations
 
 import re
-from bootagent.record import Record
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 from bootagent.errors import HttpError, StepError
 from bootagent.http import Http, Response, RetryLater
+from bootagent.record import Record
+from bootagent.text import one_line, quoted, shorten
 
 WIRE_VERSION = "2012-11-30"
 HEADERS = {"x-ms-agent-name": "bootagent", "x-ms-version": WIRE_VERSION}
@@ -61,7 +62,7 @@ def parse_goal_state(xml_bytes: bytes) -> GoalState:
         if isinstance(element.tag, str) and "}" in element.tag:
             element.tag = element.tag.split("}", 1)[1]
     if root.tag != "GoalState":
-        raise StepError(f"the goal state's root element is {root.tag[:40]!r}, not GoalState")
+        raise StepError(f"the goal state's root element is {quoted(root.tag, 40)}, not GoalState")
     return GoalState(
         incarnation=_field(root, "Incarnation"),
         container_id=_field(root, "Container/ContainerId"),
@@ -82,9 +83,7 @@ def _field(root: ElementTree.Element, path: str) -> str:
 def clean_description(description: str | None) -> str:
     """One line of at most 512 characters that XML 1.0 can carry."""
     text = _NOT_XML.sub(" ", description or "").replace("\r", " ").replace("\n", " ").strip()
-    if len(text) > MAX_DESCRIPTION:
-        text = text[:MAX_DESCRIPTION - 3] + "..."
-    return text or "provisioning failed"
+    return shorten(text, MAX_DESCRIPTION) or "provisioning failed"
 
 
 def health_document(goal_state: GoalState, ready: bool, description: str | None = None) -> bytes:
@@ -169,6 +168,6 @@ def report(ctx, http: Http, wireserver_url: str, ready: bool, description: str |
 def _refused(answer: Response, method: str) -> HttpError:
     """A final refusal (4xx, 3xx): the wireserver's own <Message>, sanitised, when it sent one."""
     found = _XML_MESSAGE.search(answer.body[:8192])
-    message = _CONTROL.sub(" ", found.group(1).decode("utf-8", "replace")).strip()[:200] if found else ""
+    message = one_line(found.group(1).decode("utf-8", "replace")) if found else ""
     return HttpError(f"the wireserver answered HTTP {answer.status} to {method} {answer.url}"
                      + (f": {message}" if message else ""), status=answer.status, body=answer.body)

@@ -32,8 +32,8 @@ from bootagent.steps import StepResult
 STEP = "host_keys"
 SSH_DIR = "/etc/ssh"
 SSHD_CONFIG = f"{SSH_DIR}/sshd_config"
-DEFAULT_KEYS = tuple(f"{SSH_DIR}/ssh_host_{kind}_key" for kind in ("rsa", "ecdsa", "ed25519"))
-KEY_TYPES = ("rsa", "ecdsa", "ed25519")  # DSA: deprecated, and gone from OpenSSH 10
+HOST_KEY_TYPES = ("rsa", "ecdsa", "ed25519")  # ssh-keygen -t; DSA: deprecated, gone from OpenSSH 10
+DEFAULT_KEYS = tuple(f"{SSH_DIR}/ssh_host_{kind}_key" for kind in HOST_KEY_TYPES)
 MAX_INCLUDE_DEPTH = 16  # as sshd
 MAX_CONFIG_BYTES = 1 << 20
 KEYGEN_TIMEOUT = 300.0
@@ -60,7 +60,7 @@ def fingerprint(pub_line: str | bytes) -> str:
 def key_type(logical: str) -> str | None:
     """The ssh-keygen type a host key's file name asks for (`ssh_host_<type>_key`), or None."""
     match = _KEY_NAME.match(logical.rsplit("/", 1)[-1])
-    return match.group(1) if match and match.group(1) in KEY_TYPES else None
+    return match.group(1) if match and match.group(1) in HOST_KEY_TYPES else None
 
 
 def directives(text: str, source: str):
@@ -100,11 +100,9 @@ def instance_verdict(stored: str | None, dmi: str | None, vm_id: str | None) -> 
     kind, _, value = stored.partition(":")
     if kind == "dmi":
         return (("same" if value == dmi else "new"), current) if dmi else ("unknown", None)
-    if kind == "vmid":
-        if vm:
-            return ("same" if value == vm else "new"), current
-        return "new", current
-    return ("same" if stored == current.partition(":")[2] else "new"), current
+    if kind == "vmid" and vm:
+        return ("same" if value == vm else "new"), current
+    return "new", current  # a vmId record and no vmId now, or a record of no kind we write
 
 
 # ---- reading the machine ----------------------------------------------------------
@@ -164,12 +162,10 @@ def _present(ctx: Context, logical: str) -> bool:
 # ---- the step ---------------------------------------------------------------------
 
 def preload() -> None:
-    """Import, in the calling thread, every module the step imports as it runs. The run
-    makes the keys in a thread while its main thread imports requests and the other
-    steps, and Python 3.11's importlib can deadlock when two threads import at once: in
-    a real boot both threads of the run waited forever inside importlib, the keys'
-    lock held, so the early unit waited too and sshd never started. The step's thread
-    must import nothing (tests/test_host_keys_early.py checks it)."""
+    """Import, in the calling thread, every module the step imports as it runs: the run
+    makes the keys in a thread while its main thread imports, and Python 3.11's importlib
+    can deadlock when two threads import at once (the real boot that did: bench/README.md).
+    The step's thread imports nothing (tests/test_host_keys_early.py checks it)."""
     import fcntl  # noqa: F401  the keys' lock, and the writer's turns
     import fnmatch  # noqa: F401
     import shlex  # noqa: F401
@@ -246,7 +242,7 @@ def _plan(ctx: Context, keys: list[str], replace: bool) -> tuple[list[tuple[str,
                   else "derive" if not public else None)
         if action in ("make", "replace") and key_type(logical) is None:
             refused.append(f"cannot make SSH host key {logical}: its name gives no type ssh-keygen makes "
-                           f"(ssh_host_<{'|'.join(KEY_TYPES)}>_key); rename or remove it")
+                           f"(ssh_host_<{'|'.join(HOST_KEY_TYPES)}>_key); rename or remove it")
         elif action:
             plan.append((logical, action))
     return plan, refused
@@ -298,7 +294,7 @@ def _make(ctx: Context, plan: list[tuple[str, str]],
             log(ctx, "info", f"restored {logical}.pub from its private key: {shown}", STEP)
         else:
             fingerprints[logical] = shown
-            log(ctx, "info", f"new SSH host key {logical}: {shown} ({key_type(logical).upper()})", STEP)
+            log(ctx, "info", f"new SSH host key {logical}: {shown} ({str(key_type(logical)).upper()})", STEP)
     return changed, fingerprints, failures, settled
 
 
@@ -353,7 +349,7 @@ def _start(ctx: Context, program: str, logical: str, action: str, target: str):
         argv = [program, "-y", "-P", "", "-f", "/dev/stdin"]
     else:
         secret = None
-        argv = [program, "-q", "-t", key_type(logical), "-N", "", "-C", "", "-f", target]
+        argv = [program, "-q", "-t", str(key_type(logical)), "-N", "", "-C", "", "-f", target]
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL if secret is None else subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     return logical, target, process, secret
@@ -364,7 +360,8 @@ def _collect(started: list) -> tuple[dict, list[str]]:
     import subprocess
     import time
 
-    made, failures = {}, []
+    made: dict[str, tuple[bytes | None, bytes]] = {}
+    failures: list[str] = []
     deadline = time.monotonic() + KEYGEN_TIMEOUT
     for logical, target, process, secret in started:
         try:

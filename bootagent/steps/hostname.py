@@ -25,6 +25,7 @@ from bootagent.boot import Boot
 from bootagent.context import Context
 from bootagent.errors import StepError
 from bootagent.steps import StepResult
+from bootagent.text import quoted
 
 MAX_HOSTNAME = 253
 HOSTS_ADDRESS = b"127.0.1.1"
@@ -60,9 +61,7 @@ def choose_hostname(instance, userdata_mapping: dict, customdata_mapping: dict |
     computer_name = getattr(instance, "computer_name", None)
     if computer_name is not None:
         if not valid_hostname(computer_name):
-            shown = repr(computer_name)
-            shown = shown if len(shown) <= 80 else shown[:77] + "..."
-            raise StepError(f"compute.osProfile.computerName {shown} is not a valid hostname "
+            raise StepError(f"compute.osProfile.computerName {quoted(computer_name)} is not a valid hostname "
                             f"({_RULE}); fix the VM's computer name")
         return computer_name, "compute.osProfile.computerName"
     if valid_hostname(media_hostname):

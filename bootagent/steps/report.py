@@ -15,7 +15,7 @@ from bootagent.platform import on_azure
 from bootagent.steps import ORDER, StepResult
 
 STEP = "report_ready"
-MIN_SECRET = 4
+MIN_SECRET = 16  # bytes: shorter text is too likely to be the steps' own words
 
 
 def skip_reason(ctx) -> str | None:
@@ -79,21 +79,22 @@ def describe(failures: list, boot) -> str:
 
 
 def _without_user_data(text: str, boot) -> str:
-    """A safety net: steps never quote userData in errors, and if one ever did, it stops here."""
+    """A safety net: the steps never quote userData in errors (they name the field). Only
+    whole values are replaced, each of MIN_SECRET bytes or more: the userData encoded and
+    decoded, and each string of a YAML mapping. A net of shorter pieces (words, lines)
+    would garble the steps' own text when userData holds `keys` or `host`."""
     instance = boot.instance
-    encoded = instance.user_data if instance is not None and isinstance(instance.user_data, str) else ""
-    secrets = [encoded.strip()] if encoded.strip() else []
-    if secrets:
+    encoded = instance.user_data.strip() if instance is not None and isinstance(instance.user_data, str) else ""
+    secrets = [encoded]
+    if encoded:
         try:
             found = boot.user_data()
         except BootagentError:
             found = None
         if found is not None:
-            decoded = found.data.decode("utf-8", "replace")
-            secrets.append(decoded.strip())
-            secrets += [line.strip() for line in decoded.splitlines()]
+            secrets.append(found.data.decode("utf-8", "replace").strip())
             secrets += list(_strings(found.mapping or {}))
-    for secret in sorted({s for s in secrets if len(s) >= MIN_SECRET}, key=len, reverse=True):
+    for secret in sorted({s for s in secrets if len(s.encode()) >= MIN_SECRET}, key=len, reverse=True):
         text = text.replace(secret, "[userData]")
     return text
 
@@ -120,7 +121,7 @@ def _strings(value):
     if isinstance(value, str):
         yield value.strip()
     elif isinstance(value, dict):
-        for key, item in value.items():
+        for item in value.values():
             yield from _strings(item)
     elif isinstance(value, list):
         for item in value:

@@ -23,6 +23,7 @@ from bootagent.boot import Boot
 from bootagent.context import Context
 from bootagent.errors import StepError
 from bootagent.steps import StepResult, users
+from bootagent.text import quoted
 
 KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
              "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com",
@@ -51,8 +52,7 @@ def parse_key(key_data: object, index: int = 0) -> str:
         if any(field in KEY_TYPES for field in text.split()[1:]):
             raise StepError(f"{where} has options before the key type; only "
                             "'type blob [comment]' is accepted")
-        shown = repr(key_type) if len(key_type) <= 40 else repr(key_type[:37]) + "..."
-        raise StepError(f"{where} has an unknown key type {shown} (accepted: {', '.join(KEY_TYPES)})")
+        raise StepError(f"{where} has an unknown key type {quoted(key_type, 40)} (accepted: {', '.join(KEY_TYPES)})")
     if len(fields) < 2:
         raise StepError(f"{where} has a key type but no key")
     blob = fields[1]
@@ -81,14 +81,14 @@ def check_key_path(path: object, home: str, index: int = 0) -> str:
     if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
         raise StepError(f"{where} must be an absolute path inside {home}")
     if ".." in path.split("/"):
-        raise StepError(f"{where} {path!r:.120} contains '..'; give a plain path inside {home}")
+        raise StepError(f"{where} {quoted(path, 120)} contains '..'; give a plain path inside {home}")
     if path.endswith("/"):
-        raise StepError(f"{where} {path!r:.120} names a directory, not a file")
+        raise StepError(f"{where} {quoted(path, 120)} names a directory, not a file")
     normalized = posixpath.normpath(path)
     if normalized.startswith("//"):
         normalized = "/" + normalized.lstrip("/")
     if not normalized.startswith(home + "/"):
-        raise StepError(f"{where} {path!r:.120} is outside the admin's home {home}")
+        raise StepError(f"{where} {quoted(path, 120)} is outside the admin's home {home}")
     return normalized
 
 
@@ -127,21 +127,24 @@ def run(ctx: Context, boot: Boot) -> StepResult:
     if (users_result is not None and users_result.status == "failed"
             and not users_result.details.get("admin_ready")):
         return StepResult.failed(f"user {users.NAME_FIELD} could not be had: {users_result.error}")
-    reason = users.skip_reason(ctx, boot.instance)
-    if reason:
-        return StepResult.skipped(reason)
-    if not boot.instance.public_keys:
+    instance = boot.instance
+    reason = users.skip_reason(ctx, instance)
+    if reason or instance is None:
+        return StepResult.skipped(reason or "no instance document")
+    if not instance.public_keys:
         return StepResult.skipped("no publicKeys in the document")
-    account, planned = _account(ctx, boot)
-    refused: list[tuple[int, str]] = []
-    by_path: dict[str, list[str]] = {}
-    for index, key in enumerate(boot.instance.public_keys):
+    account, planned = _account(ctx, boot, instance.admin_username)
+    refused: list[tuple[int, str]] = []    # (first key index, why), in the error's order
+    not_installed: set[int] = set()          # the indexes of every key not installed
+    by_path: dict[str, list[tuple[int, str]]] = {}
+    for index, key in enumerate(instance.public_keys):
         try:
             line = parse_key(key.key_data, index)
             path = check_key_path(key.path if key.path is not None
                                   else f"{account.home}/.ssh/authorized_keys", account.home, index)
         except StepError as err:
             refused.append((index, str(err)))
+            not_installed.add(index)
             continue
         by_path.setdefault(path, []).append((index, line))
     changed: list[str] = []
@@ -151,26 +154,27 @@ def run(ctx: Context, boot: Boot) -> StepResult:
         except StepError as err:
             names = ", ".join(f"compute.publicKeys[{index}]" for index, _ in entries)
             refused.append((entries[0][0], f"{names} not installed: {err}"))
+            not_installed.update(index for index, _ in entries)
     if refused:
-        count = sum(why.count("compute.publicKeys[") for _, why in refused)
-        return StepResult.failed(f"{count} of {len(boot.instance.public_keys)} public keys not "
+        count = len(not_installed)
+        return StepResult.failed(f"{count} of {len(instance.public_keys)} public keys not "
                                  f"installed (fix a refused key or path in the VM's publicKeys; a failed write "
                                  f"names its own cause): "
                                  f"{' | '.join(why for _, why in sorted(refused))}", changed)
     return StepResult.done(changed)
 
 
-def _account(ctx: Context, boot: Boot) -> tuple[Account, bool]:
-    """The admin account: from the users step, else the root's passwd (the runner had gated
-    users as done), else, in a dry run that would create it, the account as planned."""
-    name = boot.instance.admin_username
+def _account(ctx: Context, boot: Boot, name: object) -> tuple[Account, bool]:
+    """The admin account `name`: from the users step, else the root's passwd (the runner had
+    gated users as done), else, in a dry run that would create it, the account as planned."""
     account = boot.admin or (accounts.user(ctx, name) if isinstance(name, str) else None)
     if account is not None:
+        users.refuse_system_account(ctx, account)
         return account, False
     if ctx.dry_run:
         name = users.check_username(name)
         return Account(name, -1, -1, f"/home/{name}", "/bin/bash"), True
-    raise StepError(f"user {name!r:.40} ({users.NAME_FIELD}) is not in {ctx.path('/etc/passwd')}; "
+    raise StepError(f"user {quoted(name, 40)} ({users.NAME_FIELD}) is not in {ctx.path('/etc/passwd')}; "
                     "enable the users step or create the account")
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import stat
 
 from bootagent import __version__, accounts, writer
@@ -73,6 +72,8 @@ def context_inputs(ctx: Context, boot: Boot) -> dict:
     """What the template context is made of, in raw form: cheap to build and to hash.
     `tags` and `userdata` are derived from `compute` (tags, tagsList, userData)."""
     instance = boot.instance
+    if instance is None:  # the runner provisions only with a document
+        return {"compute": {}, "network": {}, "hostname": context_hostname(ctx, boot), "admin_user": ""}
     admin = instance.admin_username
     return {"compute": instance.compute, "network": instance.network,
             "hostname": context_hostname(ctx, boot),
@@ -167,8 +168,10 @@ def _still_there(ctx: Context, entry: Template, owner: tuple[int, int], known: d
         current = writer.read_file(ctx, entry.dest, limit=MAX_TEMPLATE * 8)
         if current is None or _digest(current) != known.get("sha256"):
             return False
-        info = os.lstat(ctx.path(entry.dest))
+        info = writer.lstat(ctx, entry.dest)
     except (StepError, OSError):
+        return False
+    if info is None:
         return False
     return stat.S_IMODE(info.st_mode) == entry.mode and (info.st_uid, info.st_gid) == owner
 

@@ -32,6 +32,7 @@ from bootagent.record import Record
 from bootagent.script import ScriptRun, execute
 from bootagent.state import STATE_DIR
 from bootagent.steps import StepResult
+from bootagent.text import escaped, shorten
 
 STEP = "userdata"
 USER_DATA_PATH = f"{STATE_DIR}/user-data"
@@ -158,12 +159,7 @@ def _save_output(ctx: Context, ran: ScriptRun, outcome: StepResult, kept: Kept) 
         log(ctx, "info", f"last {len(lines)} lines of the script's output (saved in {kept.output}{note}):",
             kept.step)
     for line in lines:
-        log(ctx, "info", "| " + printable(line), kept.step)
-
-
-def printable(line: str, limit: int = 300) -> str:
-    text = "".join(ch if ch.isprintable() or ch == "\t" else "?" for ch in line[:limit])
-    return text + ("..." if len(line) > limit else "")
+        log(ctx, "info", "| " + shorten(escaped(line), 300), kept.step)
 
 
 def script_env(ctx: Context) -> dict:

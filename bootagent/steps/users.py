@@ -22,6 +22,7 @@ from bootagent.context import Context
 from bootagent.errors import StepError
 from bootagent.log import log
 from bootagent.steps import StepResult
+from bootagent.text import one_line, quoted
 
 STEP = "users"
 NAME_FIELD = "compute.osProfile.adminUsername"
@@ -52,9 +53,7 @@ def check_username(name: object) -> str:
     """The admin name when `useradd` accepts it by default; StepError naming the field."""
     if isinstance(name, str) and _USERADD_NAME.fullmatch(name):
         return name
-    shown = repr(name)
-    shown = shown if len(shown) <= 40 else shown[:37] + "..."
-    raise StepError(f"{NAME_FIELD} {shown} is not a name useradd accepts (lower-case letters, "
+    raise StepError(f"{NAME_FIELD} {quoted(name, 40)} is not a name useradd accepts (lower-case letters, "
                     "digits, '_' and '-', starting with a letter or '_', at most 32 characters); "
                     "fix the VM's admin username")
 
@@ -67,19 +66,19 @@ def password_disabled(value: object) -> bool:
         return value
     if value in ("true", "false"):
         return value == "true"
-    shown = repr(value)
-    shown = shown if len(shown) <= 40 else shown[:37] + "..."
-    raise StepError(f'{PASSWORD_FIELD} must be "true" or "false", not {shown}; fix the document')
+    raise StepError(f'{PASSWORD_FIELD} must be "true" or "false", not {quoted(value, 40)}; fix the document')
 
 
 def run(ctx: Context, boot: Boot) -> StepResult:
-    reason = skip_reason(ctx, boot.instance)
-    if reason:
-        return StepResult.skipped(reason)
-    name = check_username(boot.instance.admin_username)
-    lock = password_disabled(boot.instance.disable_password_auth)
+    instance = boot.instance
+    reason = skip_reason(ctx, instance)
+    if reason or instance is None:
+        return StepResult.skipped(reason or "no instance document")
+    name = check_username(instance.admin_username)
+    lock = password_disabled(instance.disable_password_auth)
     existing = accounts.user(ctx, name)
     if existing is not None:
+        refuse_system_account(ctx, existing)
         boot.admin = existing
         return admin_ready(ctx, boot, name, [])
     groups = _existing_groups(ctx)
@@ -104,6 +103,15 @@ def run(ctx: Context, boot: Boot) -> StepResult:
     if account.home.startswith("/") and writer.exists(ctx, account.home):
         changed.append(account.home)
     return admin_ready(ctx, boot, name, changed)
+
+
+def refuse_system_account(ctx: Context, account: accounts.Account) -> None:
+    """StepError naming the field when `account` is a system account of the root."""
+    first = accounts.uid_min(ctx)
+    if account.uid < first:
+        raise StepError(f"{NAME_FIELD} {quoted(account.name, 40)} is an existing system account "
+                        f"(uid {account.uid}, below UID_MIN {first} of {accounts.LOGIN_DEFS}); refusing to "
+                        "make it the admin: choose another admin username for the VM")
 
 
 def admin_ready(ctx: Context, boot: Boot, name: str, changed: list) -> StepResult:
@@ -158,7 +166,7 @@ def grant_sudo(ctx: Context, name: str, ask_password: bool = False) -> bool:
     turns it off; an image without sudo (no /etc/sudoers.d) gets nothing."""
     if not ctx.config.users.sudo:
         return False
-    if not os.path.isdir(ctx.path(SUDOERS_DIR)):
+    if not writer.is_dir(ctx, SUDOERS_DIR):
         return False
     current = writer.read_file(ctx, SUDOERS_FILE, limit=1 << 20) or b""
     rule, other = (f"{name} ALL=(ALL) {spec}\n".encode()
@@ -237,5 +245,4 @@ def _summary(stderr: str) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     lines = [re.sub(r"^(useradd|usermod): ", "", line) for line in lines]
     serious = [line for line in lines if not line.startswith("Warning:")] or lines
-    text = "; ".join(serious) or "no message"
-    return text if len(text) <= 300 else text[:297] + "..."
+    return one_line("; ".join(serious) or "no message", 300)

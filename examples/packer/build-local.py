@@ -20,7 +20,6 @@ tests/vm/README.md) plus packer. Under TCG it takes a few minutes.
 from __future__ import annotations
 
 import argparse
-import base64
 import copy
 import json
 import shutil
@@ -38,6 +37,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from vm import fake as vmfake  # noqa: E402
 from vm import image as vmimage  # noqa: E402
 from vm import qemu as vmqemu  # noqa: E402
+
 
 def keygen(path: Path) -> Path:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)

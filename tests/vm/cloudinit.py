@@ -65,7 +65,9 @@ def ovf_env_xml(*, admin: str, hostname: str, public_key: str,
         "nopass": "true" if disable_password else "false",
     }
     return ("""<?xml version="1.0" encoding="utf-8"?>
-<ns0:Environment xmlns:ns0="http://schemas.dmtf.org/ovf/environment/1" xmlns:ns1="http://schemas.microsoft.com/windowsazure" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+<ns0:Environment xmlns:ns0="http://schemas.dmtf.org/ovf/environment/1"
+    xmlns:ns1="http://schemas.microsoft.com/windowsazure"
+    xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
   <ns1:ProvisioningSection>
     <ns1:Version>1.0</ns1:Version>
     <ns1:LinuxProvisioningConfigurationSet>

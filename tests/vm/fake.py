@@ -76,7 +76,7 @@ class FakeImds:
     def requests(self) -> list[dict]:
         if not self.log_path.exists():
             return []
-        return [json.loads(l) for l in self.log_path.read_text().splitlines() if l.strip()]
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
 
     def instance_gets(self) -> list[dict]:
         return [r for r in self.requests()

@@ -420,8 +420,8 @@ class Ext4Writer:
             script.write_text("\n".join(cmds) + "\n")
             r = subprocess.run(["debugfs", "-w", "-f", str(script), str(self.disk)],
                                capture_output=True, text=True)
-        errors = [l for l in r.stderr.splitlines()
-                  if l.strip() and not l.startswith("debugfs ")]
+        errors = [line for line in r.stderr.splitlines()
+                  if line.strip() and not line.startswith("debugfs ")]
         if r.returncode != 0 or errors:
             raise RuntimeError("debugfs failed:\n" + "\n".join(errors or [r.stderr]))
         # Prove it: every file reads back with its bytes.

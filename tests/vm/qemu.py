@@ -211,12 +211,12 @@ class VM:
         logged (they say why a boot went wrong)."""
         with self._cond:
             lines = self.lines[-n:]
-            agent = [(t, l) for t, l in self.lines[:-n] if "bootagent[" in l]
+            agent = [(t, line) for t, line in self.lines[:-n] if "bootagent[" in line]
         base = self.power_on or 0
-        out = [f"  [{t - base:7.2f}] {l}" for t, l in agent]
+        out = [f"  [{t - base:7.2f}] {line}" for t, line in agent]
         if agent:
             out.append("  ...")
-        return "\n".join(out + [f"  [{t - base:7.2f}] {l}" for t, l in lines])
+        return "\n".join(out + [f"  [{t - base:7.2f}] {line}" for t, line in lines])
 
     def wait_exit(self, timeout: float) -> bool:
         if self.proc is None:
