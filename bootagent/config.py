@@ -17,6 +17,7 @@ from bootagent import __version__, writer
 from bootagent.context import Context, split_logical
 from bootagent.errors import ConfigError, UnsafePath
 from bootagent.imds.versions import SUPPORTED_API_VERSIONS
+from bootagent.text import quoted
 
 CONFIG_PATH = "/etc/bootagent/bootagent.yaml"
 CACHE_PATH = "/var/lib/bootagent/config-cache.json"
@@ -28,7 +29,9 @@ DEFAULTS = {
     "users": {"enabled": True, "groups": ["sudo"], "sudo": True},
     "ssh": {"enabled": True, "host_keys": "regenerate"},
     "userdata": {"run_scripts": True, "script_timeout": 300},
-    "azure": {"report_ready": "auto", "wireserver": "http://168.63.129.16"},
+    "azure": {"report_ready": "auto", "wireserver": "http://168.63.129.16",
+              "resource_disk": {"enabled": "auto", "device": "auto", "mount": "/mnt",
+                                "filesystem": "ext4", "swap_mb": 0}},
     "templates": [],
 }
 TEMPLATE_KEYS = {"src", "dest", "when", "mode", "owner", "group"}
@@ -172,7 +175,54 @@ def _check(key: str, value: object, source: str) -> object:
     elif key == "azure.wireserver":
         if not isinstance(value, str) or not _URL.match(value):
             raise bad("an http:// URL")
+    elif key == "azure.resource_disk":
+        return _resource_disk(value, source)
     return value
+
+
+# mount points that would hide a part of the system itself
+_SYSTEM_DIRS = {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc",
+                "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var"}
+MAX_SWAP_MB = 1 << 20
+
+
+def _resource_disk(value: object, source: str) -> dict:
+    """azure.resource_disk: its own mapping, merged over its defaults key by key."""
+    merged = dict(DEFAULTS["azure"]["resource_disk"])
+    if value is None:
+        return merged
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: 'azure.resource_disk' must be a mapping")
+    for key, item in value.items():
+        name = f"azure.resource_disk.{key}"
+        if key not in merged:
+            raise ConfigError(f"{source}: unknown key {name!r} (known: {', '.join(merged)})")
+
+        def bad(expected: str) -> ConfigError:
+            return ConfigError(f"{source}: {name!r} must be {expected}, not {quoted(item)}")
+
+        if key == "enabled" and item != "auto" and not isinstance(item, bool):
+            raise bad("auto, true or false")
+        if key in ("device", "mount"):
+            auto = key == "device" and item == "auto"
+            if not (isinstance(item, str) and item.isprintable() and (auto or _absolute(item))):
+                raise bad("'auto' or an absolute path" if key == "device" else "an absolute path")
+            if key == "mount" and "/" + "/".join(split_logical(item)) in _SYSTEM_DIRS:
+                raise bad("a directory of its own such as /mnt (it would hide a system directory)")
+        if key == "filesystem" and item not in ("ext4", "ext3", "ext2"):
+            raise bad("ext4, ext3 or ext2 (xfs cannot hold the 13-character label bootagent-tmp)")
+        if key == "swap_mb" and (isinstance(item, bool) or not isinstance(item, int)
+                                 or not 0 <= item <= MAX_SWAP_MB):
+            raise bad(f"a whole number of MiB from 0 (no swap) to {MAX_SWAP_MB}")
+        merged[key] = item
+    return merged
+
+
+def _absolute(path: str) -> bool:
+    try:
+        return bool(split_logical(path))
+    except UnsafePath:
+        return False
 
 
 def _templates(value: object, source: str) -> list:

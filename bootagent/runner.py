@@ -154,6 +154,7 @@ def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job
         boot.hostname = state.get("hostname").get("hostname")
     for name in PER_INSTANCE:
         _per_instance(ctx, boot, name)
+    _step(ctx, boot, "resource_disk", __import__("bootagent.steps.resource_disk", fromlist=["run"]).run)
     _step(ctx, boot, "templates", templates.run)
     # joined as late as it can be: while the early unit makes the keys, the steps above run
     boot.results["host_keys"] = host_keys_job.finish(instance.vm_id)

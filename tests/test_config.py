@@ -36,7 +36,9 @@ def test_defaults_are_the_specs(root):
     assert loaded["users"] == {"enabled": True, "groups": ["sudo"], "sudo": True}
     assert loaded["ssh"] == {"enabled": True, "host_keys": "regenerate"}
     assert loaded["userdata"]["run_scripts"] is True
-    assert loaded["azure"] == {"report_ready": "auto", "wireserver": "http://168.63.129.16"}
+    assert loaded["azure"] == {"report_ready": "auto", "wireserver": "http://168.63.129.16",
+                               "resource_disk": {"enabled": "auto", "device": "auto", "mount": "/mnt",
+                                                 "filesystem": "ext4", "swap_mb": 0}}
     assert loaded["templates"] == []
     assert set(loaded) == {"imds", "hostname", "users", "ssh", "userdata", "azure", "templates"}
 

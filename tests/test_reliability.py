@@ -131,9 +131,10 @@ def test_a_run_killed_at_any_write_point_leaves_old_or_new_and_the_next_run_fini
     count_file = tmp_path / "write-points"
     done = boot(whole, fake, env={"BOOTAGENT_FAULT_COUNT_FILE": str(count_file)})
     assert done.returncode == 0, done.stderr
-    assert set(steps(whole)) == {"hostname", "users", "ssh_keys", "host_keys", "userdata", "templates",
-                                 "report_ready"}
-    assert set(steps(whole).values()) == {"changed"}, result_json(whole)
+    assert set(steps(whole)) == {"hostname", "users", "ssh_keys", "host_keys", "resource_disk", "userdata",
+                                 "templates", "report_ready"}
+    assert steps(whole).pop("resource_disk") == "skipped"  # a root that is not / has no disks
+    assert {s for n, s in steps(whole).items() if n != "resource_disk"} == {"changed"}, result_json(whole)
     new = snapshot(whole)
     points = int(count_file.read_text())
     assert points >= MIN_KILL_POINTS, f"only {points} write points in a full first boot"
@@ -260,6 +261,7 @@ def test_a_full_disk_under_one_template_fails_only_that_template(fake, image, mo
     assert snapshot(target) == before
     status = steps(root)
     assert status.pop("templates") == "failed"
+    assert status.pop("resource_disk") == "skipped"  # a root that is not / has no disks
     assert set(status.values()) == {"changed"}, status
     assert errors(root)["templates"] == (
         "templates: environment.j2: cannot write /etc/profile.d/azure-tags.sh: No space left on device; "

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from bootagent.record import Factory, Record
 
-ORDER = ("hostname", "users", "ssh_keys", "host_keys", "userdata", "templates", "report_ready")
+ORDER = ("hostname", "users", "ssh_keys", "host_keys", "resource_disk", "userdata", "templates",
+         "report_ready")
 
 
 class StepResult(Record):
