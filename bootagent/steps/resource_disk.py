@@ -90,11 +90,15 @@ def run(ctx, boot) -> StepResult:
     reason = skip_reason(ctx)
     if reason:
         return StepResult.skipped(reason)
+    return provision(ctx, _mounts())
+
+
+def provision(ctx, mounts) -> StepResult:
+    """Find the disk in the root's sysfs and settle it; without one, nothing else is loaded."""
     from bootagent.disk import find
 
     conf = _conf(ctx)
     sys_dir = ctx.path("/sys")
-    mounts = _mounts()
     if conf["device"] == "auto":
         disks = find.resource_disks(sys_dir, find.os_disks(sys_dir, mounts))
         if not disks:

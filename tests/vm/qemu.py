@@ -81,7 +81,7 @@ class VM:
     def __init__(self, disk: Path, kernel: Path, initrd: Path, *, workdir: Path,
                  vm_uuid: str, fake_port: int, name: str = "vm", accel: str | None = None,
                  memory: int = 1024, cpus: int = 2, append: str = "",
-                 extra_args: list[str] = ()):
+                 extra_args: list[str] = (), drives: list[Path] = ()):
         self.disk, self.kernel, self.initrd = Path(disk), Path(kernel), Path(initrd)
         self.workdir = Path(workdir)
         self.vm_uuid = vm_uuid
@@ -91,6 +91,7 @@ class VM:
         self.memory, self.cpus = memory, cpus
         self.append = append
         self.extra_args = list(extra_args)  # more QEMU arguments, e.g. a CD-ROM
+        self.drives = [Path(d) for d in drives]  # raw images after the root: /dev/vdb, /dev/vdc...
         self.ssh_port: int | None = None
         self.proc: subprocess.Popen | None = None
         self.console_log = self.workdir / f"{name}.console.log"
@@ -124,6 +125,8 @@ class VM:
                "-smbios", f"type=3,asset={AZURE_ASSET_TAG}",
                "-uuid", self.vm_uuid,
                "-device", "virtio-rng-pci"]
+        for drive in self.drives:
+            cmd += ["-drive", f"file={drive},if=virtio,format=raw,cache=unsafe"]
         cmd += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg"]
         return cmd + self.extra_args
 
