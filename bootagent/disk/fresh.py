@@ -67,11 +67,12 @@ def judge(facts: Facts, mount_point: str) -> Verdict:
                  mounted_at=facts.mounted_at, busy=facts.busy)
     every = (whole,) + tuple(facts.parts)
     ours = [p for p in every if p.label == LABEL]
-    for part in every:
+    for part in every:  # mounts first: a mounted partition makes the whole disk busy too
         if part.mounted_at is not None:
             if part.label == LABEL and part.mounted_at == mount_point:
                 return Verdict("ready", part.node, part.fstype, f"{part.node} is mounted at {mount_point}")
             return _leave(facts, f"{part.node} is mounted at {part.mounted_at}")
+    for part in every:
         if part.busy:
             return _leave(facts, f"{part.node} is in use (swap, RAID, LVM or a mount elsewhere)")
     if len(ours) > 1:
