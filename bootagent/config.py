@@ -23,6 +23,8 @@ CONFIG_PATH = "/etc/bootagent/bootagent.yaml"
 CACHE_PATH = "/var/lib/bootagent/config-cache.json"
 MAX_CONFIG = 1 << 20
 
+RESOURCE_DISK_DEFAULTS = {"enabled": "auto", "device": "auto", "mount": "/mnt", "filesystem": "ext4",
+                          "swap_mb": 0}
 DEFAULTS = {
     "imds": {"url": "auto", "api_version": "2021-08-01", "timeout": 300},
     "hostname": {"enabled": True},
@@ -30,8 +32,7 @@ DEFAULTS = {
     "ssh": {"enabled": True, "host_keys": "regenerate"},
     "userdata": {"run_scripts": True, "script_timeout": 300},
     "azure": {"report_ready": "auto", "wireserver": "http://168.63.129.16",
-              "resource_disk": {"enabled": "auto", "device": "auto", "mount": "/mnt",
-                                "filesystem": "ext4", "swap_mb": 0}},
+              "resource_disk": RESOURCE_DISK_DEFAULTS},
     "templates": [],
 }
 TEMPLATE_KEYS = {"src", "dest", "when", "mode", "owner", "group"}
@@ -188,7 +189,7 @@ MAX_SWAP_MB = 1 << 20
 
 def _resource_disk(value: object, source: str) -> dict:
     """azure.resource_disk: its own mapping, merged over its defaults key by key."""
-    merged = dict(DEFAULTS["azure"]["resource_disk"])
+    merged: dict = dict(RESOURCE_DISK_DEFAULTS)
     if value is None:
         return merged
     if not isinstance(value, dict):
@@ -197,25 +198,29 @@ def _resource_disk(value: object, source: str) -> dict:
         name = f"azure.resource_disk.{key}"
         if key not in merged:
             raise ConfigError(f"{source}: unknown key {name!r} (known: {', '.join(merged)})")
-
-        def bad(expected: str) -> ConfigError:
-            return ConfigError(f"{source}: {name!r} must be {expected}, not {quoted(item)}")
-
-        if key == "enabled" and item != "auto" and not isinstance(item, bool):
-            raise bad("auto, true or false")
-        if key in ("device", "mount"):
-            auto = key == "device" and item == "auto"
-            if not (isinstance(item, str) and item.isprintable() and (auto or _absolute(item))):
-                raise bad("'auto' or an absolute path" if key == "device" else "an absolute path")
-            if key == "mount" and "/" + "/".join(split_logical(item)) in _SYSTEM_DIRS:
-                raise bad("a directory of its own such as /mnt (it would hide a system directory)")
-        if key == "filesystem" and item not in ("ext4", "ext3", "ext2"):
-            raise bad("ext4, ext3 or ext2 (xfs cannot hold the 13-character label bootagent-tmp)")
-        if key == "swap_mb" and (isinstance(item, bool) or not isinstance(item, int)
-                                 or not 0 <= item <= MAX_SWAP_MB):
-            raise bad(f"a whole number of MiB from 0 (no swap) to {MAX_SWAP_MB}")
+        expected = _resource_disk_problem(key, item)
+        if expected:
+            raise ConfigError(f"{source}: {name!r} must be {expected}, not {quoted(item)}")
         merged[key] = item
     return merged
+
+
+def _resource_disk_problem(key: str, item: object) -> str | None:
+    """What `azure.resource_disk.<key>` must be, when `item` is not that; else None."""
+    if key == "enabled" and item != "auto" and not isinstance(item, bool):
+        return "auto, true or false"
+    if key in ("device", "mount"):
+        auto = key == "device" and item == "auto"
+        if not (isinstance(item, str) and item.isprintable() and (auto or _absolute(item))):
+            return "'auto' or an absolute path" if key == "device" else "an absolute path"
+        if key == "mount" and "/" + "/".join(split_logical(item)) in _SYSTEM_DIRS:
+            return "a directory of its own such as /mnt (it would hide a system directory)"
+    if key == "filesystem" and item not in ("ext4", "ext3", "ext2"):
+        return "ext4, ext3 or ext2 (xfs cannot hold the 13-character label bootagent-tmp)"
+    if key == "swap_mb" and (isinstance(item, bool) or not isinstance(item, int)
+                             or not 0 <= item <= MAX_SWAP_MB):
+        return f"a whole number of MiB from 0 (no swap) to {MAX_SWAP_MB}"
+    return None
 
 
 def _absolute(path: str) -> bool:

@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import disk_images as images  # noqa: E402
-from test_realboot import ADMIN, SSH_DEADLINE, Bench, _missing_prerequisites  # noqa: E402
-from vm import fake as vmfake  # noqa: E402
-from vm import image as vmimage  # noqa: E402
-from vm import qemu as vmqemu  # noqa: E402
+import disk_images as images
+from test_realboot import ADMIN, SSH_DEADLINE, Bench, _missing_prerequisites
+from vm import fake as vmfake
+from vm import image as vmimage
+from vm import qemu as vmqemu
 
 pytestmark = pytest.mark.realboot
 
@@ -55,7 +55,7 @@ def _prerequisites():
 class DiskBench(Bench):
     """Bench's helpers (ssh, journal, results) with this module's configuration and disks."""
 
-    def __init__(self, workdir: Path):  # noqa: super().__init__ would install the templates' config
+    def __init__(self, workdir: Path):  # not Bench.__init__: it installs the templates' config
         self.workdir = workdir
         self.report = {"boots": {}}
         self.fingerprints, self.results = {}, {}

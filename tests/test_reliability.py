@@ -451,7 +451,8 @@ def test_a_userdata_script_is_bounded_in_time_and_output_and_leaves_the_other_re
     record = result_json(jail)
     others = {name: step["status"] for name, step in record["steps"].items() if name != "userdata"}
     assert others == {"hostname": "changed", "users": "changed", "ssh_keys": "changed",
-                      "host_keys": "changed", "templates": "skipped", "report_ready": "skipped"}
+                      "host_keys": "changed", "resource_disk": "skipped", "templates": "skipped",
+                      "report_ready": "skipped"}
     userdata = record["steps"]["userdata"]
     assert userdata["status"] == status, userdata
     assert done.returncode == (0 if status == "changed" else 1), done.stderr

@@ -4,7 +4,8 @@ Anything not provably fresh is left, with a reason that names the device."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bootagent.disk.fresh import LABEL, MS_RESERVED, Facts, Part, judge
 

@@ -136,8 +136,8 @@ def test_a_first_boot_provisions_everything(root, fake_imds, document):
         assert {"status", "changed", "error"} <= set(step), name
         assert step["error"] is None, name
     assert statuses(record) == {"hostname": "changed", "users": "changed", "ssh_keys": "changed",
-                                "host_keys": "changed", "userdata": "changed", "templates": "changed",
-                                "report_ready": "skipped"}
+                                "host_keys": "changed", "resource_disk": "skipped", "userdata": "changed",
+                                "templates": "changed", "report_ready": "skipped"}
     assert set(record["steps"]["hostname"]["changed"]) == {"/etc/hostname", "/etc/hosts"}
     assert record["steps"]["report_ready"]["reason"]
 

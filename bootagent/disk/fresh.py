@@ -9,7 +9,7 @@ Our own file system is mounted; everything else is left as it is, with the reaso
 
 from __future__ import annotations
 
-from bootagent.record import Factory, Record
+from bootagent.record import Record
 from bootagent.text import quoted
 
 LABEL = "bootagent-tmp"
@@ -38,7 +38,7 @@ class Facts(Record, frozen=True):
     kind: str                        # scsi | nvme | configured
     table: str | None = None         # "dos" | "gpt" | None
     table_error: str | None = None   # sfdisk failed otherwise than "no table"
-    parts: tuple = Factory(tuple)
+    parts: tuple = ()
     fstype: str | None = None        # a signature on the whole device (or its PTTYPE)
     label: str | None = None
     uuid: str | None = None

@@ -43,7 +43,7 @@ def run_tool(argv: list[str], what: str, package: str) -> tuple[int, str, str]:
         raise ToolMissing(f"{argv[0]} is missing, so {what} is not possible; install {package}")
     try:
         done = subprocess.run([path] + argv[1:], capture_output=True, text=True, errors="replace",
-                              timeout=TOOL_TIMEOUT, env=TOOL_ENV, stdin=subprocess.DEVNULL)
+                              timeout=TOOL_TIMEOUT, env=TOOL_ENV, stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired:
         raise StepError(f"{argv[0]} did not finish within {TOOL_TIMEOUT} s ({what})") from None
     except OSError as err:

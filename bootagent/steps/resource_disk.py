@@ -58,7 +58,7 @@ def os_disk_refusal(sys_dir: str, device: str, mounts) -> str | None:
     if not system:
         return None
     what = "a partition of the OS disk" if found[1] else "on the OS disk"
-    return (f"azure.resource_disk.device {device} is {what} /dev/{sorted(system)[0]}: it would be "
+    return (f"azure.resource_disk.device {device} is {what} /dev/{min(system)}: it would be "
             "formatted; name the resource disk, or set device: auto")
 
 
@@ -132,7 +132,7 @@ def settle(ctx, device: str, kind: str, mounts) -> StepResult:
     if verdict.action != "ready" and holder:
         return StepResult.failed(f"{point} already holds {holder[-1].source} ({holder[-1].fstype}), so {device} "
                                  f"was neither formatted nor mounted; unmount it or set azure.resource_disk.mount")
-    target, fstype = verdict.target, verdict.fstype or conf["filesystem"]
+    target, fstype = verdict.target or device, verdict.fstype or conf["filesystem"]
     if ctx.dry_run and verdict.action != "ready":
         doing = (f"format {target} as {fstype} labelled {fresh.LABEL} ({verdict.reason})"
                  if verdict.action == "format" else f"mount {target} ({verdict.reason})")
