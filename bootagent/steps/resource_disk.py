@@ -123,12 +123,13 @@ def settle(ctx, device: str, kind: str, mounts) -> StepResult:
     point = conf["mount"]
     if not probe.is_block(device):
         return StepResult.failed(f"{device} is not a block device (it may have vanished); nothing was formatted")
-    verdict = fresh.judge(probe.probe(device, kind, mounts), point)
+    where = ctx.path(point)  # the mount point as mountinfo shows it (the same on a live root)
+    verdict = fresh.judge(probe.probe(device, kind, mounts), where)
     details = {"device": device, "action": verdict.action}
     if verdict.action == "leave":
         log(ctx, "warning", verdict.reason, step=STEP)
         return StepResult("skipped", reason=verdict.reason, details=details)
-    holder = [m for m in mounts if m.point == point]
+    holder = [m for m in mounts if m.point == where]
     if verdict.action != "ready" and holder:
         return StepResult.failed(f"{point} already holds {holder[-1].source} ({holder[-1].fstype}), so {device} "
                                  f"was neither formatted nor mounted; unmount it or set azure.resource_disk.mount")
@@ -142,13 +143,13 @@ def settle(ctx, device: str, kind: str, mounts) -> StepResult:
         return StepResult("changed", changed=[device], details=details)
     changed = []
     if verdict.action == "format":
-        _recheck(device, kind, point, verdict)
-        log(ctx, "notice", f"formatting {target}: {verdict.reason}", step=STEP)
+        _recheck(device, kind, where, verdict)
+        log(ctx, "info", f"formatting {target}: {verdict.reason}", step=STEP)
         prepare.mkfs(target, fstype)
         changed.append(f"formatted {target}")
     if verdict.action in ("format", "mount"):
         writer.make_dirs(ctx, point)
-        prepare.mount(target, fstype, ctx.path(point))
+        prepare.mount(target, fstype, where)
         changed.append(f"mounted {target} at {point}")
     changed += prepare.warning_file(ctx, point)
     if conf["swap_mb"] > 0:
