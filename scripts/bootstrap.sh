@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(passwd openssh-client python3-venv libsystemd-dev pkg-config)
+packages=(passwd openssh-client python3-venv libsystemd-dev pkg-config
+          fdisk e2fsprogs ntfs-3g)  # the resource-disk tests: sfdisk, mkfs.ext4, mkntfs/ntfsls
 if [ "${1:-}" = "--full" ]; then
     packages+=(qemu-system-x86 qemu-utils mmdebstrap socat e2fsprogs packer openssh-server)
 fi

@@ -9,9 +9,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import disk_images as images
 import pytest
 
-import disk_images as images
 from bootagent import config
 from bootagent.disk import prepare
 from bootagent.log import Log
@@ -48,8 +48,8 @@ def settle(make_ctx, device: str, **options):
 
 
 def test_a_fresh_raw_disk_is_formatted_mounted_and_found_again_without_formatting(make_ctx, root, loop):
-    image, device, mounts = loop
-    ctx, outcome = settle(make_ctx, device)
+    _, device, mounts = loop
+    _, outcome = settle(make_ctx, device)
     mounts.append(str(root / "mnt"))
     assert outcome.status == "changed", outcome
     assert outcome.changed == [f"formatted {device}", f"mounted {device} at /mnt",
