@@ -184,7 +184,7 @@ def test_formatting_in_place_leaves_the_partition_table_byte_for_byte(work):
     reserved = images.sha256(image, part.start - (16 << 20), 16 << 20)
     tail_start = part.start + part.length
     tail = images.sha256(image, tail_start)
-    prepare.mkfs(str(image), "ext4", ("-E", f"offset={part.start}"), size_kib=part.length // 1024)
+    prepare.mkfs(str(image), "ext4", (f"offset={part.start}",), size_kib=part.length // 1024)
     assert images.sha256(image, 0, facts.parts[0].start) == head
     assert images.sha256(image, part.start - (16 << 20), 16 << 20) == reserved
     assert images.sha256(image, tail_start) == tail

@@ -33,11 +33,14 @@ SWAP_MAGIC = b"SWAPSPACE2"
 MIB = 1 << 20
 
 
-def mkfs(node: str, filesystem: str, extra: tuple = (), size_kib: int | None = None) -> None:
-    """mkfs.<filesystem> -F -L bootagent-tmp on `node`. `extra` and `size_kib` place a file
-    system inside an image file (-E offset=...); a partition's device needs neither."""
+def mkfs(node: str, filesystem: str, extended: tuple = (), size_kib: int | None = None) -> None:
+    """mkfs.<filesystem> -F -L bootagent-tmp on `node`. One -F only: mke2fs still refuses a
+    device that is mounted. No discard: a fresh disk holds nothing, and discarding terabytes
+    of NVMe takes minutes. `extended` (offset=...) and `size_kib` place a file system inside
+    an image file; a partition's own device needs neither."""
     size = [f"{size_kib}k"] if size_kib else []
-    code, _, err = run_tool([f"mkfs.{filesystem}", "-F", "-q", "-L", LABEL, *extra, node, *size],
+    options = ",".join(("nodiscard",) + tuple(extended))
+    code, _, err = run_tool([f"mkfs.{filesystem}", "-F", "-q", "-L", LABEL, "-E", options, node, *size],
                             f"formatting {node}", "e2fsprogs")
     if code != 0:
         raise StepError(f"mkfs.{filesystem} failed on {node}: {one_line(err or f'exit status {code}')}; "
