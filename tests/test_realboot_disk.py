@@ -81,6 +81,17 @@ class DiskBench(Bench):
             raise
         return vm, fake
 
+    def step_seconds(self, vm, step: str) -> float | None:
+        """The step's time: from the line of the step before it to its own result line (guest
+        monotonic clock of the journal; this base's result.json has no per-step times)."""
+        tagged = [(int(e["__MONOTONIC_TIMESTAMP"]), e["BOOTAGENT_STEP"]) for e in self.journal(vm, "bootagent")
+                  if e.get("BOOTAGENT_STEP")]
+        for index in range(len(tagged) - 1, 0, -1):
+            if tagged[index][1] == step:
+                before = [t for t, name in tagged[:index] if name != step]
+                return round((tagged[index][0] - before[-1]) / 1e6, 3) if before else None
+        return None
+
     def result(self, vm) -> dict:
         return json.loads(self.run(vm, "sudo cat /run/bootagent/result.json"))
 
@@ -111,7 +122,7 @@ def test_a_fresh_resource_disk_is_formatted_mounted_and_kept_across_a_reboot(ben
         step = result["steps"]["resource_disk"]
         assert step["status"] == "changed", step
         assert step["changed"][:2] == ["formatted /dev/vdb1", "mounted /dev/vdb1 at /mnt"], step
-        bench.report["boots"]["format"] = {"resource_disk_ms": step.get("duration_ms"),
+        bench.report["boots"]["format"] = {"resource_disk_s": bench.step_seconds(vm, "resource_disk"),
                                            "unit_active_s": bench.record("disk-first", vm, fake)["unit_active_s"]}
         assert bench.run(vm, "findmnt -n -o SOURCE,FSTYPE,LABEL /mnt").split() == \
             ["/dev/vdb1", "ext4", "bootagent-tmp"]
@@ -136,7 +147,8 @@ def test_a_fresh_resource_disk_is_formatted_mounted_and_kept_across_a_reboot(ben
         step = bench.result(vm)["steps"]["resource_disk"]
         assert step["status"] == "changed" and step["changed"][0] == "mounted /dev/vdb1 at /mnt", step
         assert not any(c.startswith("formatted") for c in step["changed"]), step
-        bench.report["boots"]["remount"] = {"resource_disk_ms": step.get("duration_ms")}
+        bench.report["boots"]["remount"] = {"resource_disk_s": bench.step_seconds(vm, "resource_disk"),
+                                            "unit_active_s": bench.record("disk-reboot", vm, fake)["unit_active_s"]}
         assert bench.run(vm, "cat /mnt/kept.txt").strip() == "written between boots"
         assert "/mnt/swapfile" in bench.run(vm, "cat /proc/swaps")
     finally:
@@ -160,6 +172,9 @@ def test_an_ntfs_holding_a_user_file_is_left_byte_for_byte(bench):
         assert rc != 0, "/mnt is mounted"
         warned = bench.run(vm, "sudo journalctl -b -u bootagent -p warning --no-pager -o cat")
         assert "left /dev/vdb untouched" in warned
+        bench.report["boots"]["left"] = {"resource_disk_s": bench.step_seconds(vm, "resource_disk"),
+                                         "unit_active_s": bench.record("disk-used", vm, fake)["unit_active_s"]}
+        print(f"\n[resource disk] {json.dumps(bench.report['boots'])}", flush=True)
     finally:
         bench.stop(vm, fake)
     time.sleep(0.5)
