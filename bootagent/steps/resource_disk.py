@@ -107,7 +107,8 @@ def provision(ctx, mounts) -> StepResult:
         for other in disks[1:]:
             log(ctx, "info", f"/dev/{other.name} ({other.why}) is left alone: only {device} is used", step=STEP)
     else:
-        device = conf["device"]
+        # a udev link (/dev/disk/azure/resource) resolved: sfdisk names partitions after the path
+        device = os.path.realpath(conf["device"])
         refusal = os_disk_refusal(sys_dir, device, mounts)
         if refusal:
             return StepResult.failed(refusal)
