@@ -92,7 +92,7 @@ def block_name(sys_dir: str, major: int, minor: int) -> tuple[str, str | None] |
     return name, None
 
 
-def _under(sys_dir: str, name: str, seen: set) -> set[str]:
+def disks_beneath(sys_dir: str, name: str, seen: set) -> set[str]:
     """The whole disks beneath block device `name`: itself, or a dm/md device's slaves'."""
     if name in seen:
         return set()
@@ -109,7 +109,7 @@ def _under(sys_dir: str, name: str, seen: set) -> set[str]:
         return {name}
     disks: set[str] = set()
     for slave in slaves:
-        disks |= _under(sys_dir, slave, seen)
+        disks |= disks_beneath(sys_dir, slave, seen)
     return disks
 
 
@@ -121,7 +121,7 @@ def os_disks(sys_dir: str, mounts: list[Mount]) -> set[str]:
             continue
         found = block_name(sys_dir, mount.major, mount.minor)
         if found:
-            disks |= _under(sys_dir, found[1] or found[0], set())
+            disks |= disks_beneath(sys_dir, found[1] or found[0], set())
     return disks
 
 

@@ -53,7 +53,7 @@ def os_disk_refusal(sys_dir: str, device: str, mounts) -> str | None:
     found = find.block_name(sys_dir, os.major(info.st_rdev), os.minor(info.st_rdev))
     if found is None:
         return None
-    beneath = find._under(sys_dir, found[1] or found[0], set())
+    beneath = find.disks_beneath(sys_dir, found[1] or found[0], set())
     system = beneath & find.os_disks(sys_dir, mounts)
     if not system:
         return None
