@@ -179,6 +179,9 @@ def _context(args, *, read_config: bool = True, imds: bool = True):
         raise UsageError(f"--root {args.root} is not a directory; create it or fix the path")
     ctx = Context(root=args.root, dry_run=getattr(args, "dry_run", False), log=Log())
     ctx.config = config.load(ctx, getattr(args, "config", None)) if read_config else config.defaults()
+    if read_config and ctx.live and ctx.config.azure.resource_disk.device != "auto":
+        from bootagent.steps.resource_disk import check_config
+        check_config(ctx)  # a device on the OS disk: exit 2 before anything runs
     if imds:
         from bootagent.runner import resolve_imds_url
 

@@ -97,11 +97,23 @@ def group_names(value: object) -> tuple[str, ...]:
 
 def absolute_path(value: object) -> str:
     try:
-        if isinstance(value, str) and split_logical(value):
+        if isinstance(value, str) and value.isprintable() and split_logical(value):
             return value
     except UnsafePath:
         pass
     raise Invalid("an absolute path without '.' or '..'")
+
+
+SYSTEM_DIRS = {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc",
+               "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var"}
+
+
+def mount_point(value: object) -> str:
+    """A directory of its own: a mount there must not hide a system directory."""
+    path = absolute_path(value)
+    if "/" + "/".join(split_logical(path)) in SYSTEM_DIRS:
+        raise Invalid("a directory of its own such as /mnt (it would hide a system directory)")
+    return path
 
 
 def one_of(*choices: str) -> Callable[[object], str]:
@@ -130,9 +142,15 @@ def auto_or_path(value: object) -> str:
         raise Invalid("auto or an absolute path") from None
 
 
+def e2fs_type(value: object) -> str:
+    if value not in ("ext4", "ext3", "ext2"):
+        raise Invalid("ext4, ext3 or ext2 (xfs cannot hold the 13-character label bootagent-tmp)")
+    return value  # type: ignore[return-value]
+
+
 def megabytes(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SWAP_MB:
-        raise Invalid(f"a whole number of MiB from 0 to {MAX_SWAP_MB}")
+        raise Invalid(f"a whole number of MiB from 0 (no swap) to {MAX_SWAP_MB}")
     return value
 
 
@@ -155,8 +173,8 @@ SCHEMA: tuple[tuple[str, Callable[[object], Any], object], ...] = (
     ("azure.provisioning_media", auto_off_or_path, "auto"),
     ("azure.resource_disk.enabled", auto_or_boolean, "auto"),
     ("azure.resource_disk.device", auto_or_path, "auto"),
-    ("azure.resource_disk.mount", absolute_path, "/mnt"),
-    ("azure.resource_disk.filesystem", one_of("ext4", "ext3", "ext2", "xfs"), "ext4"),
+    ("azure.resource_disk.mount", mount_point, "/mnt"),
+    ("azure.resource_disk.filesystem", e2fs_type, "ext4"),
     ("azure.resource_disk.swap_mb", megabytes, 0),
     ("network.enabled", auto_or_boolean, "auto"),
 )

@@ -201,7 +201,8 @@ def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job
             log_step(ctx, name, boot.results[name])
             continue
         _per_instance(ctx, boot, name)
-    for name, step in (("network", network.run), ("templates", templates.run)):
+    for name, step in (("network", network.run), ("resource_disk", _resource_disk),
+                       ("templates", templates.run)):
         if preprovisioned:
             boot.results[name] = StepResult.skipped("a pre-provisioned VM: not provisioned")
         else:
@@ -215,6 +216,13 @@ def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job
     if not ctx.dry_run:
         state.save(ctx)
     return boot
+
+
+def _resource_disk(ctx: Context, boot: Boot) -> StepResult:
+    """The resource_disk step, its module imported only when it runs."""
+    from bootagent.steps import resource_disk
+
+    return resource_disk.run(ctx, boot)
 
 
 def _per_instance(ctx: Context, boot: Boot, name: str) -> None:

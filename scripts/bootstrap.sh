@@ -6,10 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # systemd (its systemd-networkd) and netplan.io read the network step's files in the tests;
-# openssl verifies and signs attested documents
-# xorriso and genisoimage read and make the provisioning media's ISO 9660 and UDF images
+# openssl verifies and signs attested documents; xorriso and genisoimage read and make the
+# provisioning media's images; fdisk, e2fsprogs and ntfs-3g (sfdisk, mkfs.ext4, mkntfs,
+# ntfsls) make and probe the resource disk's
 packages=(passwd openssh-client python3-venv libsystemd-dev pkg-config systemd netplan.io openssl
-          xorriso genisoimage)
+          xorriso genisoimage fdisk e2fsprogs ntfs-3g)
 if [ "${1:-}" = "--full" ]; then
     packages+=(qemu-system-x86 qemu-utils mmdebstrap socat e2fsprogs packer openssh-server)
     packages+=(sshpass)   # the media real boot logs in with the admin's password

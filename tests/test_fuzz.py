@@ -322,7 +322,7 @@ def _check_types(typed: config.Config) -> None:
     disk = cfg["azure"]["resource_disk"]
     assert disk["enabled"] == "auto" or type(disk["enabled"]) is bool
     assert type(disk["swap_mb"]) is int and disk["swap_mb"] >= 0
-    assert disk["mount"].startswith("/") and disk["filesystem"] in ("ext4", "ext3", "ext2", "xfs")
+    assert disk["mount"].startswith("/") and disk["filesystem"] in ("ext4", "ext3", "ext2")
     for entry in cfg["templates"]:
         assert set(entry) == set(config.TEMPLATE_KEYS)
         assert type(entry["mode"]) is int and 0 <= entry["mode"] <= 0o7777

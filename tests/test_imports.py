@@ -221,3 +221,40 @@ def test_the_fast_path_gives_what_argparse_gives(argv):
 def test_the_boot_path_invocations_take_the_fast_path(argv):
     fast = cli._fast_parse(argv)
     assert fast is not None and vars(fast) == argparse_result(argv)
+
+
+# -- a step that does not apply costs nothing --------------------------------------------------
+
+NO_RESOURCE_DISK = """
+import json, sys
+from bootagent import config
+from bootagent.context import Context
+from bootagent.steps import resource_disk
+ctx = Context(root=sys.argv[1], config=config.defaults())
+outcome = resource_disk.provision(ctx, [])
+print(json.dumps({"status": outcome.status, "reason": outcome.reason, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_a_vm_without_a_resource_disk_loads_no_probe_and_runs_no_tool(tmp_path):
+    """The step's search reads sysfs only: on a VM whose sysfs holds just an OS disk, neither
+    subprocess nor the probing, deciding or formatting modules are imported."""
+    disk = tmp_path / "sys/devices/pci0000:00/0000:00:04.0/virtio1/block/vda"
+    disk.mkdir(parents=True)
+    (tmp_path / "sys/block").mkdir()
+    (tmp_path / "sys/block/vda").symlink_to("../devices/pci0000:00/0000:00:04.0/virtio1/block/vda")
+    done = subprocess.run([sys.executable, "-c", NO_RESOURCE_DISK, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60, cwd=REPO)
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (record["status"], record["reason"]) == ("skipped", "no resource disk on this VM")
+    modules = set(record["modules"])
+    assert loaded(modules, ("subprocess", "bootagent.disk.probe", "bootagent.disk.fresh",
+                            "bootagent.disk.prepare", "shutil")) == []
+
+
+def test_a_boot_off_the_live_root_never_loads_the_resource_disk_code(provisioned, fake_imds):
+    code, modules = modules_after("run", "--root", str(provisioned), "--imds-url", fake_imds.url,
+                                  "--timeout", "30")
+    assert code == 0
+    assert loaded(modules, ("bootagent.disk",)) == []
+    assert result_json(provisioned)["steps"]["resource_disk"]["reason"] == "root is not /"

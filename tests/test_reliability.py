@@ -134,6 +134,7 @@ def test_a_run_killed_at_any_write_point_leaves_old_or_new_and_the_next_run_fini
     status = steps(whole)
     assert status.pop("network") == "skipped"        # the image has no network backend
     assert status.pop("customdata") == "skipped"     # no provisioning media
+    assert status.pop("resource_disk") == "skipped"  # a root that is not / has no disks
     assert set(status) == {"hostname", "users", "ssh_keys", "host_keys", "userdata", "templates",
                            "report_ready"}
     assert set(status.values()) == {"changed"}, result_json(whole)
@@ -265,6 +266,7 @@ def test_a_full_disk_under_one_template_fails_only_that_template(fake, image, mo
     assert status.pop("templates") == "failed"
     assert status.pop("network") == "skipped"
     assert status.pop("customdata") == "skipped"                 # no provisioning media
+    assert status.pop("resource_disk") == "skipped"  # a root that is not / has no disks
     assert set(status.values()) == {"changed"}, status
     assert errors(root)["templates"] == (
         "templates: environment.j2: cannot write /etc/profile.d/azure-tags.sh: No space left on device; "
@@ -478,7 +480,8 @@ def test_a_userdata_script_is_bounded_in_time_and_output_and_leaves_the_other_re
     record = result_json(jail)
     others = {name: step["status"] for name, step in record["steps"].items() if name != "userdata"}
     assert others == {"hostname": "changed", "users": "changed", "ssh_keys": "changed", "host_keys": "changed",
-                      "network": "skipped", "customdata": "skipped", "templates": "skipped", "report_ready": "skipped"}
+                      "network": "skipped", "resource_disk": "skipped", "customdata": "skipped",
+                      "templates": "skipped", "report_ready": "skipped"}
     userdata = record["steps"]["userdata"]
     assert userdata["status"] == status, userdata
     assert done.returncode == (0 if status == "changed" else 1), done.stderr

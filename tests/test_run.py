@@ -136,8 +136,8 @@ def test_a_first_boot_provisions_everything(root, fake_imds, document):
         assert {"status", "changed", "error"} <= set(step), name
         assert step["error"] is None, name
     assert statuses(record) == {"hostname": "changed", "users": "changed", "ssh_keys": "changed",
-                                "host_keys": "changed", "network": "skipped", "userdata": "changed",
-                                "customdata": "skipped",
+                                "host_keys": "changed", "network": "skipped", "resource_disk": "skipped",
+                                "userdata": "changed", "customdata": "skipped",
                                 "templates": "changed", "report_ready": "skipped"}
     assert set(record["steps"]["hostname"]["changed"]) == {"/etc/hostname", "/etc/hosts"}
     assert record["steps"]["report_ready"]["reason"]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from bootagent.record import Factory, Record
 
-ORDER = ("hostname", "users", "ssh_keys", "host_keys", "network", "userdata", "customdata",
-         "templates", "report_ready")
+ORDER = ("hostname", "users", "ssh_keys", "host_keys", "network", "resource_disk", "userdata",
+         "customdata", "templates", "report_ready")
 
 
 class StepResult(Record):

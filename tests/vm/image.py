@@ -57,6 +57,10 @@ PACKAGES = [
     "sudo",
     "passwd",
     "procps",
+    # the resource disk: sfdisk (fdisk), mkfs.ext4 (e2fsprogs), ntfsls (ntfs-3g)
+    "fdisk",
+    "e2fsprogs",
+    "ntfs-3g",
 ]
 
 # Runs on the host with the new root as $1 after all packages are installed.

@@ -86,7 +86,7 @@ class VM:
                  vm_uuid: str, fake_port: int, name: str = "vm", accel: str | None = None,
                  memory: int = 1024, cpus: int = 2, append: str = "",
                  extra_args: list[str] = (), second_nic_mac: str | None = None,
-                 cdrom: Path | None = None):
+                 cdrom: Path | None = None, drives: list[Path] = ()):
         self.disk, self.kernel, self.initrd = Path(disk), Path(kernel), Path(initrd)
         self.workdir = Path(workdir)
         self.vm_uuid = vm_uuid
@@ -100,6 +100,7 @@ class VM:
         # an image attached as a SCSI CD (virtio-scsi; the guest sees /dev/sr0), as Azure
         # attaches its provisioning media; None: no CD drive at all
         self.cdrom = Path(cdrom) if cdrom is not None else None
+        self.drives = [Path(d) for d in drives]  # raw images after the root: /dev/vdb, /dev/vdc...
         self.ssh_port: int | None = None
         self.proc: subprocess.Popen | None = None
         self.console_log = self.workdir / f"{name}.console.log"
@@ -136,6 +137,8 @@ class VM:
         if self.second_nic_mac:
             cmd += ["-netdev", f"user,id=n2,net={SECOND_NET}",
                     "-device", f"virtio-net-pci,netdev=n2,mac={self.second_nic_mac}"]
+        for drive in self.drives:
+            cmd += ["-drive", f"file={drive},if=virtio,format=raw,cache=unsafe"]
         cmd += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg"]
         if self.cdrom is not None:
             cmd += ["-device", "virtio-scsi-pci,id=scsi0",
