@@ -105,6 +105,21 @@ class TagMap(dict):
     __str__ = __repr__
 
 
+def template_context(inputs: dict, tags: dict, userdata: dict, customdata: dict) -> dict:
+    """The names templates and `when` expressions see (SPEC "Template manifest"): the raw
+    inputs (compute, network, hostname, admin_user), the tags with poisoned values fenced
+    off, and the userData and customData mappings. The boot and `bootagent render` both
+    build it here, so a template renders alike in both."""
+    return {**inputs, "tags": tag_map(tags), "userdata": userdata, "customdata": customdata}
+
+
+def render_entry(renderer: "Renderer", text: str, when: str | None, context: dict) -> str | None:
+    """One template's output, or None when its `when` expression does not hold."""
+    if when and not renderer.when(when, context):
+        return None
+    return renderer.render(text, context)
+
+
 def tag_map(tags: dict) -> TagMap:
     """Wrap the instance's tags, poisoning every tag whose name or value has a control character."""
     clean, poisoned = {}, set()

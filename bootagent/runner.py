@@ -55,7 +55,7 @@ class HostKeysJob:
 
     def _run(self, vm_id: str | None) -> None:
         from bootagent.steps import host_keys  # imported by start() or, without a thread, here
-        self.result = _guarded("host_keys", lambda: host_keys.run(self.ctx, vm_id))
+        self.result = _timed(self.ctx, "host_keys", lambda: host_keys.run(self.ctx, vm_id))
 
     def finish(self, vm_id: str | None) -> StepResult:
         if self.thread is None:
@@ -76,9 +76,18 @@ def _guarded(name: str, call) -> StepResult:
                                  "please report it")
 
 
+def _timed(ctx: Context, name: str, call) -> StepResult:
+    """_guarded, with the step's duration_ms recorded (ctx.clock: monotonic)."""
+    began = ctx.clock()
+    outcome = _guarded(name, call)
+    outcome.duration_ms = result.elapsed_ms(began, ctx.clock())
+    return outcome
+
+
 def run(ctx: Context, *, metadata_file: str | None = None) -> tuple[int, dict]:
     """The boot job. Returns (exit code, the result record)."""
     started = ctx.wall()
+    began = ctx.clock()
     with run_lock(ctx) if not ctx.dry_run else _nothing():
         host_keys_job = HostKeysJob(ctx)
         if _host_keys_early(ctx) and not ctx.dry_run:
@@ -92,7 +101,8 @@ def run(ctx: Context, *, metadata_file: str | None = None) -> tuple[int, dict]:
             _log_step(ctx, "host_keys", results["host_keys"])
             log(ctx, "error", str(err))
             record = result.build(instance_id=None, started=started, finished=ctx.wall(),
-                                  imds=imds_info, results=results, error=str(err))
+                                  imds=imds_info, results=results, error=str(err),
+                                  duration_ms=result.elapsed_ms(began, ctx.clock()))
             result.write(ctx, record)
             code = 2 if metadata_file and isinstance(err, DocumentError) else err.exit_code
             return code, record
@@ -100,7 +110,8 @@ def run(ctx: Context, *, metadata_file: str | None = None) -> tuple[int, dict]:
         log(ctx, "info", "instance document received")
         boot = _provision(ctx, instance, imds_info["api_version"], host_keys_job)
         record = result.build(instance_id=instance.vm_id, started=started, finished=ctx.wall(),
-                              imds=imds_info, results=boot.results)
+                              imds=imds_info, results=boot.results,
+                              duration_ms=result.elapsed_ms(began, ctx.clock()))
         result.write(ctx, record)
     return (0 if record["status"] == "ok" else 1), record
 
@@ -121,6 +132,16 @@ def _host_keys_early(ctx: Context) -> bool:
 
 
 def _fetch(ctx: Context, metadata_file: str | None, imds_info: dict) -> Instance:
+    """The document; imds_info gets the requests made and `duration_ms`, from the first
+    request (or opening the file) to the document or the failure."""
+    began = ctx.clock()
+    try:
+        return _fetch_untimed(ctx, metadata_file, imds_info)
+    finally:
+        imds_info["duration_ms"] = result.elapsed_ms(began, ctx.clock())
+
+
+def _fetch_untimed(ctx: Context, metadata_file: str | None, imds_info: dict) -> Instance:
     if metadata_file:
         try:
             with open(metadata_file, "rb") as handle:
@@ -155,6 +176,7 @@ def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job
     for name in PER_INSTANCE:
         _per_instance(ctx, boot, name)
     _step(ctx, boot, "templates", templates.run)
+    boot.results["metadata_env"] = _timed(ctx, "metadata_env", lambda: _metadata_env(ctx, boot))
     # joined as late as it can be: while the early unit makes the keys, the steps above run
     boot.results["host_keys"] = host_keys_job.finish(instance.vm_id)
     _log_step(ctx, "host_keys", boot.results["host_keys"])
@@ -165,11 +187,25 @@ def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job
     return boot
 
 
+def _metadata_env(ctx: Context, boot: Boot) -> StepResult:
+    """/run/bootagent/metadata.env and instance.json, for units ordered after ours."""
+    from bootagent import metadata_env
+    from bootagent.steps.templates import context_hostname
+
+    changed, left_out = metadata_env.write(ctx, boot.instance, context_hostname(ctx, boot))
+    for line in left_out:
+        log(ctx, "warning", line, step="metadata_env")
+    outcome = StepResult.done(changed)
+    if left_out:
+        outcome.details["left_out"] = len(left_out)
+    return outcome
+
+
 def _per_instance(ctx: Context, boot: Boot, name: str) -> None:
     """Run a per-instance step unless it succeeded for this instance. Its module is imported
     only when it runs: a later boot loads none of them (nor subprocess, shutil, select)."""
     if boot.state.done(name):
-        boot.results[name] = StepResult("unchanged")
+        boot.results[name] = StepResult("unchanged", duration_ms=0)
         _log_step(ctx, name, boot.results[name])
         return
     _step(ctx, boot, name, __import__(f"bootagent.steps.{name}", fromlist=["run"]).run)
@@ -184,7 +220,7 @@ def _per_instance(ctx: Context, boot: Boot, name: str) -> None:
 def _step(ctx: Context, boot: Boot, name: str, call) -> None:
     if ctx.log is not None:
         ctx.log.status(f"step {name}")
-    boot.results[name] = _guarded(name, lambda: call(ctx, boot))
+    boot.results[name] = _timed(ctx, name, lambda: call(ctx, boot))
     _log_step(ctx, name, boot.results[name])
 
 
@@ -201,8 +237,9 @@ def _run_script(ctx: Context, boot: Boot) -> None:
     if ctx.live and not ctx.dry_run and ctx.config["userdata"]["run_scripts"]:
         boot.state.record("userdata", True, script_started=True)
         boot.state.save(ctx)
-    final = _guarded("userdata", lambda: userdata.run_script(ctx, boot))
+    final = _timed(ctx, "userdata", lambda: userdata.run_script(ctx, boot))
     final.changed = outcome.changed + [p for p in final.changed if p not in outcome.changed]
+    final.duration_ms = (final.duration_ms or 0) + (outcome.duration_ms or 0)  # the step and its script
     boot.results["userdata"] = final
     _log_step(ctx, "userdata", final)
 
