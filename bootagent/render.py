@@ -176,7 +176,9 @@ class Renderer:
             compiled = self.env.compile_expression(expression, undefined_to_none=False)
             return bool(compiled(**context))
         except Exception as err:
-            raise RenderError(f"in 'when': {self._describe(err, expression)}") from None
+            # no line: Jinja compiles an expression into a template of its own, whose
+            # line numbers are not the manifest's
+            raise RenderError(f"in 'when': {self._describe(err, expression, lines=False)}") from None
 
     def render(self, source: str, context: dict) -> str:
         """The template's output; RenderError (one line) when it cannot be had safely."""
@@ -194,15 +196,15 @@ class Renderer:
         except Exception as err:
             raise RenderError(self._describe(err, source)) from None
 
-    def _describe(self, err: Exception, source: str) -> str:
+    def _describe(self, err: Exception, source: str, lines: bool = True) -> str:
         from jinja2 import TemplateError, TemplateSyntaxError, UndefinedError
 
-        where = _line_of(err)
+        where = _line_of(err) if lines else ""
         if isinstance(err, PoisonedTag):
             return (f"tag '{printable_name(err.tag)}' holds a control character (a newline?), "
                     "refused for rendering: fix the tag's value")
         if isinstance(err, TemplateSyntaxError):
-            return f"syntax error at line {err.lineno}: {_one_line(err.message or '')}"
+            return f"syntax error{f' at line {err.lineno}' if lines else ''}: {_one_line(err.message or '')}"
         if isinstance(err, self._security_error):
             return f"refused by the sandbox{where}: {_one_line(str(err))}"
         if isinstance(err, UndefinedError):

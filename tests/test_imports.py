@@ -108,13 +108,52 @@ def test_a_changed_config_is_parsed_again_and_a_changed_tag_rendered_again(provi
     assert "(prod)" in (provisioned / "etc/motd").read_text()
 
 
+def test_metadata_env_and_timings_add_no_import_to_a_later_boot(provisioned, fake_imds):
+    """A later boot writes metadata.env and records timings (SPEC "Budgets": no new import):
+    bootagent.metadata_env brings nothing the boot had not loaded, and render is not loaded."""
+    code, modules = modules_after("run", "--root", str(provisioned), "--imds-url", fake_imds.url,
+                                  "--timeout", "30")
+    assert code == 0
+    assert "bootagent.metadata_env" in modules
+    assert (provisioned / "run/bootagent/metadata.env").is_file()
+    assert "duration_ms" in result_json(provisioned)["steps"]["templates"]
+    assert loaded(modules, ("bootagent.render", "bootagent.render_command", "bootagent.fake")) == []
+    alone = subprocess.run([sys.executable, "-c", ADDED_BY_METADATA_ENV], capture_output=True, text=True,
+                           timeout=60, cwd=REPO)
+    assert alone.returncode == 0, alone.stderr
+    added = json.loads(alone.stdout)
+    assert "bootagent.metadata_env" in added
+    assert [name for name in added if not name.startswith("bootagent.")] == []  # no library
+
+
+# What importing bootagent.metadata_env adds once the later boot's other modules are loaded.
+ADDED_BY_METADATA_ENV = """
+import json, sys
+import bootagent.cli, bootagent.runner, bootagent.steps.templates, bootagent.config, bootagent.log
+before = set(sys.modules)
+import bootagent.metadata_env
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_render_is_not_on_the_boot_path(provisioned, fake_imds):
+    """A first boot (templates rendered) loads the renderer, never the render command."""
+    shutil.rmtree(provisioned / "var/lib/bootagent")
+    code, modules = modules_after("run", "--root", str(provisioned), "--imds-url", fake_imds.url,
+                                  "--timeout", "30")
+    assert code == 0 and "bootagent.render" in modules
+    assert loaded(modules, ("bootagent.render_command", "bootagent.fake")) == []
+
+
 # -- the command line's fast path agrees with argparse wherever it answers ------------------
 
 TOKENS = ["run", "status", "clean", "metadata", "doctor", "fake-imds", "--root", "/", "/tmp/x",
           "--imds-url", "http://127.0.0.1:1", "--imds", "--timeout", "5", "-5", "1e3", "x", "nan",
           "--timeout=7", "--root=", "--json", "--json=1", "--dry-run", "--wait", "--logs",
           "--machine-id", "--ssh-host-keys", "--metadata-file", "--config", "--format", "text",
-          "json", "xml", "--format=text", "compute/vmId", "", "--", "-h", "--help", "-", "--version"]
+          "json", "xml", "--format=text", "compute/vmId", "", "--", "-h", "--help", "-", "--version",
+          "render", "motd.j2", "--manifest", "--tag", "env=prod", "--userdata", "--customdata",
+          "--timings"]
 
 
 def argparse_result(argv: list[str]) -> dict | None:
@@ -137,6 +176,7 @@ def test_the_fast_path_gives_what_argparse_gives(argv):
     ["run", "--metadata-file", "doc.json", "--dry-run", "--config=/etc/x.yaml"],
     ["status"], ["status", "--wait", "--timeout", "120", "--json"], ["clean", "--logs", "--machine-id"],
     ["metadata", "compute/vmId", "--format", "text"], ["metadata"], ["doctor", "--json"],
+    ["status", "--timings"], ["render", "motd.j2", "--metadata-file", "doc.json"],
 ])
 def test_the_boot_path_invocations_take_the_fast_path(argv):
     fast = cli._fast_parse(argv)

@@ -100,7 +100,7 @@ def kept_customdata(ctx: Context) -> bytes | None:
     there is none. Read on every boot: the media is gone after the first."""
     try:
         return writer.read_file(ctx, CUSTOM_DATA_PATH, limit=MAX_CUSTOM_DATA)
-    except StepError:
+    except (StepError, OSError):  # `render` by a user who may not read the state directory
         return None
 
 
