@@ -14,17 +14,20 @@ a template that cannot be read (UsageError).
 
 from __future__ import annotations
 
+import base64
+
 from bootagent import accounts, writer
 from bootagent.boot import Boot
 from bootagent.context import Context
 from bootagent.errors import DocumentError, StepError, UsageError
-from bootagent.imds.document import Instance, parse_document
-from bootagent.imds.userdata import MAX_DECODED, UserDataError, classify
+from bootagent.imds.document import Instance, parse_body, parse_document
+from bootagent.imds.userdata import MAX_DECODED, UserDataError, classify, decode
 from bootagent.state import InstanceState
 from bootagent.steps import StepResult, templates
 from bootagent.text import quoted
 
 MAX_TAGS_GIVEN = 1000
+MAX_METADATA_FILE = 4 << 20   # as `run --metadata-file`
 
 
 def render_one(ctx: Context, args) -> bytes:
@@ -87,7 +90,7 @@ def template_text(ctx: Context, src: str) -> str:
     """A template's text; UsageError (exit 2) when it cannot be read."""
     try:
         if "/" in src:
-            source = _read_host_file(src, templates.MAX_TEMPLATE, "template")
+            source = _read_host_file(src, templates.MAX_TEMPLATE, "the template")
         else:
             source = templates.read_template(ctx, src)
         return templates.template_text(source)
@@ -101,9 +104,9 @@ def _read_host_file(path: str, limit: int, what: str) -> bytes:
         with open(path, "rb") as handle:
             data = handle.read(limit + 1)
     except OSError as err:
-        raise UsageError(f"cannot read the {what} {quoted(path)}: {err.strerror}; check the path") from None
+        raise UsageError(f"cannot read {what} {quoted(path)}: {err.strerror}; check the path") from None
     if len(data) > limit:
-        raise UsageError(f"the {what} {quoted(path)} is larger than {limit} bytes")
+        raise UsageError(f"{what} {quoted(path)} is larger than {limit} bytes")
     return data
 
 
@@ -111,7 +114,7 @@ def _renderer_and_context(ctx: Context, args):
     from bootagent.render import Renderer
 
     boot = _boot(ctx, args)
-    customdata = (_read_host_file(args.customdata, MAX_DECODED, "customData file") if args.customdata
+    customdata = (_read_host_file(args.customdata, MAX_DECODED, "the customData file") if args.customdata
                   else templates.kept_customdata(ctx))
     return Renderer(), templates.render_context(ctx, boot, customdata)
 
@@ -125,10 +128,10 @@ def _boot(ctx: Context, args) -> Boot:
         instance = instance.replace(tags={**instance.tags, **parse_tags(args.tag)})
     boot = Boot(instance, InstanceState({"steps": {}}), api_version=ctx.config["imds"]["api_version"])
     if args.userdata:
-        data = _read_host_file(args.userdata, MAX_DECODED, "userData file")
+        data = _read_host_file(args.userdata, MAX_DECODED, "the userData file")
         boot._decoded = True
-        try:
-            boot._user_data = classify(data)
+        try:  # the document's pipeline from its base64 on: a gzip file is unpacked as at boot
+            boot._user_data = classify(decode(base64.b64encode(data).decode("ascii")))
         except UserDataError as err:
             boot._user_data_error = err
     if ctx.config["hostname"]["enabled"]:
@@ -144,16 +147,18 @@ def _boot(ctx: Context, args) -> Boot:
 def _document(ctx: Context, args) -> Instance:
     if args.metadata_file and args.imds_url:
         raise UsageError("render takes --metadata-file or --imds-url, not both")
-    if args.metadata_file or args.imds_url:
-        from bootagent.runner import _fetch
-
-        info = {"url": ctx.imds_url, "api_version": ctx.config["imds"]["api_version"], "requests": 0}
+    if args.metadata_file:
+        body = _read_host_file(args.metadata_file, MAX_METADATA_FILE, "--metadata-file")
         try:
-            return _fetch(ctx, args.metadata_file, info)
+            return parse_body(body, f"--metadata-file {args.metadata_file}")
         except DocumentError as err:
-            if args.metadata_file:
-                raise UsageError(str(err)) from None
-            raise
+            raise UsageError(str(err)) from None
+    if args.imds_url:
+        from bootagent.http import Http
+        from bootagent.imds.client import ImdsClient
+
+        client = ImdsClient(Http(ctx.clock, ctx.sleep), ctx.imds_url, ctx.config["imds"]["api_version"])
+        return client.fetch_document(ctx.deadline)
     from bootagent.fake.imds import default_document
 
     return parse_document(default_document(), "the fake IMDS's default document")

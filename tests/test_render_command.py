@@ -98,6 +98,16 @@ def test_overrides_tags_userdata_customdata(root, tmp_path):
     assert done.stdout == "from-userdata prod a=b given given\n"
 
 
+def test_a_gzipped_userdata_file_is_unpacked_as_at_boot(root, tmp_path):
+    import gzip
+
+    write_template(root, "t.j2", "{{ userdata.u }}\n")
+    packed = tmp_path / "ud.gz"
+    packed.write_bytes(gzip.compress(b"#cloud-config\nu: unpacked\n"))
+    done = render(root, "t.j2", "--userdata", str(packed))
+    assert (done.returncode, done.stdout) == (0, "unpacked\n"), done.stderr
+
+
 def test_a_path_with_a_slash_is_the_callers_own_file(root, tmp_path):
     own = tmp_path / "mine.j2"
     own.write_text("{{ compute.vmId }}")
