@@ -177,6 +177,7 @@ def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job
         _per_instance(ctx, boot, name)
     _step(ctx, boot, "templates", templates.run)
     boot.results["metadata_env"] = _timed(ctx, "metadata_env", lambda: _metadata_env(ctx, boot))
+    _log_step(ctx, "metadata_env", boot.results["metadata_env"])
     # joined as late as it can be: while the early unit makes the keys, the steps above run
     boot.results["host_keys"] = host_keys_job.finish(instance.vm_id)
     _log_step(ctx, "host_keys", boot.results["host_keys"])

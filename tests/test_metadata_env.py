@@ -207,3 +207,16 @@ def test_no_document_writes_neither(root, tmp_path):
     doc.write_text("{}")
     assert run_cli("run", "--root", str(root), "--metadata-file", str(doc)).returncode == 2
     assert not (root / ENV).exists() and not (root / INSTANCE).exists()
+
+
+def test_a_metadata_env_that_cannot_be_written_fails_the_run_in_one_line(root, document, tmp_path):
+    """Not a step, but not silent: the record says so and the run exits 1; every step ran."""
+    (root / ENV).mkdir(parents=True)  # a directory where the file goes
+    done = boot(root, document, tmp_path)
+    assert done.returncode == 1
+    record = result_json(root)
+    assert record["status"] == "error" and record["metadata_env"]["status"] == "failed"
+    assert "/run/bootagent/metadata.env" in record["metadata_env"]["error"]
+    assert all(step["status"] != "failed" for step in record["steps"].values()), record
+    lines = [line for line in done.stderr.splitlines() if "metadata_env" in line]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
