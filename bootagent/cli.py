@@ -16,7 +16,7 @@ ENDPOINTS = ("loadbalancer", "scheduledevents", "versions", "attested/document")
 ROOT_HELP = "provision the tree under DIR instead of / (default /)"
 # Every command's options, read by argparse and by the fast path alike:
 # (option, kind, default, help); kind is "str", "float", "flag", "optional" (a value that
-# may be left out: argparse decides) or a tuple of choices.
+# may be left out: argparse decides), "append" (repeatable) or a tuple of choices.
 COMMAND_OPTIONS: dict[str, tuple[str, list]] = {
     "run": ("the boot job: fetch the instance document and provision", [
         ("--imds-url", "str", None, "IMDS base URL, or auto (IMDS_ENDPOINT, else 169.254.169.254)"),
@@ -32,6 +32,7 @@ COMMAND_OPTIONS: dict[str, tuple[str, list]] = {
         ("--wait", "flag", False, "block until this boot's run has finished"),
         ("--timeout", "float", 600.0, "longest wait in seconds (default 600)"),
         ("--json", "flag", False, "print the result record as JSON"),
+        ("--timings", "flag", False, "the fetch's and each step's duration, slowest first"),
     ]),
     "clean": ("prepare an image for capture: the next boot is a first boot again", [
         ("--logs", "flag", False, "also remove run/bootagent/ and saved script output"),
@@ -61,9 +62,20 @@ COMMAND_OPTIONS: dict[str, tuple[str, list]] = {
         ("--config", "str", None, "configuration file (default <root>/etc/bootagent/bootagent.yaml)"),
     ]),
     "fake-imds": ("serve a local IMDS and wireserver for tests", []),  # options: bootagent.fake
+    "render": ("print a template as the boot would render it; writes nothing", [
+        ("--manifest", "flag", False, "render every entry of the configured manifest, with diffs"),
+        ("--metadata-file", "str", None, "the instance document from FILE (default: the fake's)"),
+        ("--imds-url", "str", None, "the instance document from IMDS at this URL, or auto"),
+        ("--timeout", "float", None, "seconds to keep trying IMDS (default imds.timeout)"),
+        ("--userdata", "str", None, "userData from FILE (its bytes, not base64) instead of the document's"),
+        ("--customdata", "str", None, "customData from FILE instead of the kept one"),
+        ("--tag", "append", None, "KEY=VALUE: set a tag (repeatable)"),
+        ("--config", "str", None, "configuration file (default <root>/etc/bootagent/bootagent.yaml)"),
+    ]),
 }
 # A command's optional positional argument: (name, default, help).
 POSITIONAL = {"metadata": ("path", "", "e.g. compute/vmId or compute/tagsList")}
+POSITIONAL["render"] = ("src", "", "a template name under <root>/etc/bootagent/templates/, or a path with '/'")
 
 
 def _dest(option: str) -> str:
@@ -96,7 +108,7 @@ def _fast_parse(argv: list[str]):
         if option not in options:
             return None
         kind, _ = options[option]
-        if kind == "optional":
+        if kind in ("optional", "append"):  # a value that may be left out, or repeated: argparse decides
             return None
         if kind == "flag":
             if has_inline:
@@ -146,6 +158,8 @@ def _parser(argv: list[str]):
                                  help=help_option)
             elif isinstance(kind, tuple):
                 sub.add_argument(option, choices=kind, default=default, help=help_option)
+            elif kind == "append":
+                sub.add_argument(option, action="append", default=default, help=help_option)
             else:
                 sub.add_argument(option, default=default, help=help_option)
         if name == "fake-imds" and "fake-imds" in argv:  # its options live with the fake
@@ -212,7 +226,8 @@ def cmd_status(args) -> int:
     from bootagent import status
 
     ctx = _context(args, read_config=False, imds=False)
-    code, text = status.report(ctx, wait=args.wait, timeout=args.timeout, as_json=args.json)
+    code, text = status.report(ctx, wait=args.wait, timeout=args.timeout, as_json=args.json,
+                               timings=args.timings)
     sys.stdout.write(text)
     return code
 
@@ -314,6 +329,22 @@ def cmd_host_keys(args) -> int:
     return 1 if outcome.status == "failed" else 0
 
 
+def cmd_render(args) -> int:
+    """Writes nothing: a dry-run context, so even the configuration's parse cache is not stored."""
+    from bootagent import render_command
+
+    args.dry_run = True
+    ctx = _context(args, imds=args.imds_url is not None)
+    if args.manifest:
+        code, text, errors = render_command.render_manifest(ctx, args)
+        sys.stdout.write(text)
+        for line in errors:
+            sys.stderr.write(f"bootagent: error: {line}\n")
+        return code
+    sys.stdout.buffer.write(render_command.render_one(ctx, args))
+    return 0
+
+
 def cmd_fake_imds(args) -> int:
     from bootagent.fake.server import serve
 
@@ -323,6 +354,7 @@ def cmd_fake_imds(args) -> int:
 COMMANDS = {"run": cmd_run, "status": cmd_status, "clean": cmd_clean, "metadata": cmd_metadata,
             "doctor": cmd_doctor, "host-keys": cmd_host_keys, "fake-imds": cmd_fake_imds}
 COMMANDS["attest"] = cmd_attest
+COMMANDS["render"] = cmd_render
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,6 +105,21 @@ class TagMap(dict):
     __str__ = __repr__
 
 
+def template_context(inputs: dict, tags: dict, userdata: dict, customdata: dict) -> dict:
+    """The names templates and `when` expressions see (SPEC "Template manifest"): the raw
+    inputs (compute, network, hostname, admin_user), the tags with poisoned values fenced
+    off, and the userData and customData mappings. The boot and `bootagent render` both
+    build it here, so a template renders alike in both."""
+    return {**inputs, "tags": tag_map(tags), "userdata": userdata, "customdata": customdata}
+
+
+def render_entry(renderer: "Renderer", text: str, when: str | None, context: dict) -> str | None:
+    """One template's output, or None when its `when` expression does not hold."""
+    if when and not renderer.when(when, context):
+        return None
+    return renderer.render(text, context)
+
+
 def tag_map(tags: dict) -> TagMap:
     """Wrap the instance's tags, poisoning every tag whose name or value has a control character."""
     clean, poisoned = {}, set()
@@ -163,7 +178,9 @@ class Renderer:
             compiled = self.env.compile_expression(expression, undefined_to_none=False)
             return bool(compiled(**context))
         except Exception as err:
-            raise RenderError(f"in 'when': {self._describe(err, expression)}") from None
+            # no line: Jinja compiles an expression into a template of its own, whose
+            # line numbers are not the manifest's
+            raise RenderError(f"in 'when': {self._describe(err, expression, lines=False)}") from None
 
     def render(self, source: str, context: dict) -> str:
         """The template's output; RenderError (one line) when it cannot be had safely."""
@@ -181,17 +198,17 @@ class Renderer:
         except Exception as err:
             raise RenderError(self._describe(err, source)) from None
 
-    def _describe(self, err: Exception, source: str) -> str:
+    def _describe(self, err: Exception, source: str, lines: bool = True) -> str:
         from jinja2 import TemplateError, TemplateNotFound, TemplatesNotFound, TemplateSyntaxError, UndefinedError
 
-        where = _line_of(err)
+        where = _line_of(err) if lines else ""
         if isinstance(err, PoisonedTag):
             return (f"tag '{printable_name(err.tag)}' holds a control character (a newline?), "
                     "refused for rendering: fix the tag's value")
         if isinstance(err, (TemplateNotFound, TemplatesNotFound)):
             return f"include, import and extends are not supported{where}: put it all in one template"
         if isinstance(err, TemplateSyntaxError):
-            return f"syntax error at line {err.lineno}: {one_line(err.message or '')}"
+            return f"syntax error{f' at line {err.lineno}' if lines else ''}: {one_line(err.message or '')}"
         if isinstance(err, self._security_error):
             return f"refused by the sandbox{where}: {one_line(str(err))}"
         if isinstance(err, UndefinedError):

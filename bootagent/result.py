@@ -34,7 +34,8 @@ def iso(epoch: float) -> str:
 
 
 def build(*, instance_id: str | None, started: float, finished: float, imds: dict,
-          results: dict[str, StepResult], error: str | None = None, boot: str | None = None) -> dict:
+          results: dict[str, StepResult], error: str | None = None, boot: str | None = None,
+          duration_ms: int | None = None) -> dict:
     ok = error is None and all(r.ok for r in results.values())
     record = {
         "status": "ok" if ok else "error",
@@ -45,9 +46,18 @@ def build(*, instance_id: str | None, started: float, finished: float, imds: dic
         "imds": imds,
         "steps": {name: results[name].to_json() for name in ORDER if name in results},
     }
+    if "metadata_env" in results:  # written beside the record, not a step: SPEC "Tools..."
+        record["metadata_env"] = results["metadata_env"].to_json()
+    if duration_ms is not None:
+        record["duration_ms"] = duration_ms
     if error is not None:
         record["error"] = error
     return record
+
+
+def elapsed_ms(since: float, now: float) -> int:
+    """Milliseconds between two readings of ctx.clock, as result.json records them."""
+    return max(0, round((now - since) * 1000))
 
 
 def write(ctx: Context, record: dict) -> None:

@@ -66,10 +66,8 @@ class HostKeysJob:
         self.thread.start()
 
     def _run(self, vm_id: str | None) -> None:
-        from bootagent.steps import (
-            host_keys,  # imported by start() or, without a thread, here
-        )
-        self.result = _guarded("host_keys", lambda: host_keys.run(self.ctx, vm_id))
+        from bootagent.steps import host_keys  # imported by start() or, without a thread, here
+        self.result = _timed(self.ctx, "host_keys", lambda: host_keys.run(self.ctx, vm_id))
 
     def finish(self, vm_id: str | None) -> StepResult:
         if self.thread is None:
@@ -90,6 +88,14 @@ def _guarded(name: str, call) -> StepResult:
                                  "please report it")
 
 
+def _timed(ctx: Context, name: str, call) -> StepResult:
+    """_guarded, with the step's duration_ms recorded (ctx.clock: monotonic)."""
+    began = ctx.clock()
+    outcome = _guarded(name, call)
+    outcome.duration_ms = result.elapsed_ms(began, ctx.clock())
+    return outcome
+
+
 def run(ctx: Context, *, metadata_file: str | None = None,
         provisioning_media: str | None = None) -> tuple[int, dict]:
     """The boot job. Returns (exit code, the result record).
@@ -98,6 +104,7 @@ def run(ctx: Context, *, metadata_file: str | None = None,
     a per-instance state that cannot be read or saved, even a bug, is the record's
     `error`, so `status --wait` never waits for a run that has ended."""
     started = ctx.wall()
+    began = ctx.clock()
     with run_lock(ctx) if not ctx.dry_run else _nothing():
         host_keys_job = HostKeysJob(ctx)
         if _host_keys_early(ctx) and not ctx.dry_run:
@@ -127,7 +134,7 @@ def run(ctx: Context, *, metadata_file: str | None = None,
                 log(ctx, "error", error)
             record = result.build(instance_id=instance.vm_id if instance else None, started=started,
                                   finished=ctx.wall(), imds=imds_info, results=results, error=error,
-                                  boot=result.boot_id())
+                                  boot=result.boot_id(), duration_ms=result.elapsed_ms(began, ctx.clock()))
             try:
                 result.write(ctx, record)
             except BootagentError as err:
@@ -157,6 +164,16 @@ def _host_keys_early(ctx: Context) -> bool:
 
 
 def _fetch(ctx: Context, metadata_file: str | None, imds_info: dict) -> Instance:
+    """The document; imds_info gets the requests made and `duration_ms`, from the first
+    request (or opening the file) to the document or the failure."""
+    began = ctx.clock()
+    try:
+        return _fetch_untimed(ctx, metadata_file, imds_info)
+    finally:
+        imds_info["duration_ms"] = result.elapsed_ms(began, ctx.clock())
+
+
+def _fetch_untimed(ctx: Context, metadata_file: str | None, imds_info: dict) -> Instance:
     if metadata_file:
         try:
             with open(metadata_file, "rb") as handle:
@@ -202,7 +219,7 @@ def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job
             continue
         _per_instance(ctx, boot, name)
     for name, step in (("network", network.run), ("resource_disk", _resource_disk),
-                       ("templates", templates.run)):
+                       ("templates", templates.run), ("metadata_env", _metadata_env)):
         if preprovisioned:
             boot.results[name] = StepResult.skipped("a pre-provisioned VM: not provisioned")
         else:
@@ -223,13 +240,25 @@ def _resource_disk(ctx: Context, boot: Boot) -> StepResult:
     from bootagent.steps import resource_disk
 
     return resource_disk.run(ctx, boot)
+def _metadata_env(ctx: Context, boot: Boot) -> StepResult:
+    """/run/bootagent/metadata.env and instance.json, for units ordered after ours."""
+    from bootagent import metadata_env
+    from bootagent.steps.templates import context_hostname
+
+    changed, left_out = metadata_env.write(ctx, boot.instance, context_hostname(ctx, boot))
+    for line in left_out:
+        log(ctx, "warning", line, step="metadata_env")
+    outcome = StepResult.done(changed)
+    if left_out:
+        outcome.details["left_out"] = len(left_out)
+    return outcome
 
 
 def _per_instance(ctx: Context, boot: Boot, name: str) -> None:
     """Run a per-instance step unless it succeeded for this instance. Its module is imported
     only when it runs: a later boot loads none of them (nor subprocess, shutil, select)."""
     if boot.state.done(name):
-        boot.results[name] = StepResult("unchanged")
+        boot.results[name] = StepResult("unchanged", duration_ms=0)
         log_step(ctx, name, boot.results[name])
         return
     _step(ctx, boot, name, __import__(f"bootagent.steps.{name}", fromlist=["run"]).run)
@@ -247,7 +276,7 @@ def _per_instance(ctx: Context, boot: Boot, name: str) -> None:
 def _step(ctx: Context, boot: Boot, name: str, call) -> None:
     if ctx.log is not None:
         ctx.log.status(f"step {name}")
-    boot.results[name] = _guarded(name, lambda: call(ctx, boot))
+    boot.results[name] = _timed(ctx, name, lambda: call(ctx, boot))
     log_step(ctx, name, boot.results[name])
 
 
@@ -301,8 +330,9 @@ def _run_script(ctx: Context, boot: Boot, name: str) -> None:
     if ctx.live and not ctx.dry_run and ctx.config.userdata.run_scripts:
         boot.state.record(name, True, script_started=True)
         boot.state.save(ctx)  # a save that fails stops here: the script must not run twice
-    final = _guarded(name, lambda: userdata.run_script(ctx, boot, kept=kept))
+    final = _timed(ctx, name, lambda: userdata.run_script(ctx, boot, kept=kept))
     final.changed = outcome.changed + [p for p in final.changed if p not in outcome.changed]
+    final.duration_ms = (final.duration_ms or 0) + (outcome.duration_ms or 0)  # the step and its script
     boot.results[name] = final
     if final.details.get("script") == "skipped":
         # not done: once scripts may run (userdata.run_scripts, the live root), the next

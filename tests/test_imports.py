@@ -183,6 +183,41 @@ def test_a_later_boot_after_a_media_boot_reads_no_media_and_parses_nothing(provi
     assert loaded(modules, NEVER_ON_A_LATER_BOOT + XML_PARSERS) == []
     assert result_json(fresh)["steps"]["templates"]["status"] == "unchanged"
     assert result_json(fresh)["steps"]["customdata"]["status"] == "unchanged"
+def test_metadata_env_and_timings_add_no_import_to_a_later_boot(provisioned, fake_imds):
+    """A later boot writes metadata.env and records timings (SPEC "Budgets": no new import):
+    bootagent.metadata_env brings nothing the boot had not loaded, and render is not loaded."""
+    code, modules = modules_after("run", "--root", str(provisioned), "--imds-url", fake_imds.url,
+                                  "--timeout", "30")
+    assert code == 0
+    assert "bootagent.metadata_env" in modules
+    assert (provisioned / "run/bootagent/metadata.env").is_file()
+    assert "duration_ms" in result_json(provisioned)["steps"]["templates"]
+    assert loaded(modules, ("bootagent.render", "bootagent.render_command", "bootagent.fake")) == []
+    alone = subprocess.run([sys.executable, "-c", ADDED_BY_METADATA_ENV], capture_output=True, text=True,
+                           timeout=60, cwd=REPO)
+    assert alone.returncode == 0, alone.stderr
+    added = json.loads(alone.stdout)
+    assert "bootagent.metadata_env" in added
+    assert [name for name in added if not name.startswith("bootagent.")] == []  # no library
+
+
+# What importing bootagent.metadata_env adds once the later boot's other modules are loaded.
+ADDED_BY_METADATA_ENV = """
+import json, sys
+import bootagent.cli, bootagent.runner, bootagent.steps.templates, bootagent.config, bootagent.log
+before = set(sys.modules)
+import bootagent.metadata_env
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_render_is_not_on_the_boot_path(provisioned, fake_imds):
+    """A first boot (templates rendered) loads the renderer, never the render command."""
+    shutil.rmtree(provisioned / "var/lib/bootagent")
+    code, modules = modules_after("run", "--root", str(provisioned), "--imds-url", fake_imds.url,
+                                  "--timeout", "30")
+    assert code == 0 and "bootagent.render" in modules
+    assert loaded(modules, ("bootagent.render_command", "bootagent.fake")) == []
 
 
 # -- the command line's fast path agrees with argparse wherever it answers ------------------
@@ -194,6 +229,8 @@ TOKENS = ["run", "status", "clean", "metadata", "doctor", "fake-imds", "--root",
           "json", "xml", "--format=text", "compute/vmId", "", "--", "-h", "--help", "-", "--version",
           "attest", "--nonce", "0042", "--ca-file", "--endpoint", "loadbalancer", "attested/document",
           "--media", "--provisioning-media"]
+          "render", "motd.j2", "--manifest", "--tag", "env=prod", "--userdata", "--customdata",
+          "--timings"]
 
 
 def argparse_result(argv: list[str]) -> dict | None:
@@ -217,6 +254,7 @@ def test_the_fast_path_gives_what_argparse_gives(argv):
     ["status"], ["status", "--wait", "--timeout", "120", "--json"], ["clean", "--logs", "--machine-id"],
     ["metadata", "compute/vmId", "--format", "text"], ["metadata"], ["doctor", "--json"],
     ["metadata", "--endpoint", "scheduledevents"], ["attest", "--nonce", "0042", "--ca-file", "ca.pem", "--json"],
+    ["status", "--timings"], ["render", "motd.j2", "--metadata-file", "doc.json"],
 ])
 def test_the_boot_path_invocations_take_the_fast_path(argv):
     fast = cli._fast_parse(argv)

@@ -125,15 +125,17 @@ def test_a_first_boot_provisions_everything(root, fake_imds, document):
 
     # result.json in the spec's shape
     record = result_json(root)
-    assert set(record) == {"status", "instance_id", "boot_id", "started", "finished", "imds", "steps"}
+    assert set(record) == {"status", "instance_id", "boot_id", "started", "finished", "imds", "steps",
+                           "metadata_env", "duration_ms"}
     assert record["status"] == "ok"
     assert record["instance_id"] == document["compute"]["vmId"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", record["started"])
     assert record["finished"] >= record["started"]
+    assert isinstance(record["imds"].pop("duration_ms"), int)
     assert record["imds"] == {"url": fake_imds.url, "api_version": "2021-08-01", "requests": 1}
     assert list(record["steps"]) == list(ORDER)
     for name, step in record["steps"].items():
-        assert {"status", "changed", "error"} <= set(step), name
+        assert {"status", "changed", "error", "duration_ms"} <= set(step), name
         assert step["error"] is None, name
     assert statuses(record) == {"hostname": "changed", "users": "changed", "ssh_keys": "changed",
                                 "host_keys": "changed", "network": "skipped", "resource_disk": "skipped",

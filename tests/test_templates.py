@@ -324,3 +324,12 @@ def test_the_shipped_examples_render_and_the_tags_file_is_safe_shell(root, make_
     run_step(make_ctx, set_tags(document, {"env": "dev"}), manifest)
     assert "dev" in (root / "etc/motd").read_text()
     assert "prod" in (root / "etc/issue.net").read_text()    # `when` false: left as it was
+
+
+def test_a_failing_when_is_named_without_a_line_of_jinjas_own(root, make_ctx, document):
+    """Jinja compiles a `when` into a template of its own: its line numbers (13) are not the
+    manifest's, so the error names the entry's `when` and no line."""
+    write_template(root, "a.j2", "a\n")
+    outcome = run_step(make_ctx, document, [entry("a.j2", "/etc/a", when="no_such_name == 1")])
+    assert outcome.status == "failed"
+    assert outcome.error == "templates: a.j2: in 'when': undefined name 'no_such_name'"

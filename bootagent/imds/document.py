@@ -34,6 +34,7 @@ class Instance(Record, frozen=True):
     tags: dict = Factory(dict)
     tags_error: str | None = None
     user_data: object = None
+    document: dict = Factory(dict)   # the whole document, as parsed (instance.json is made of it)
 
     @property
     def instance_id(self) -> str:
@@ -78,6 +79,7 @@ def parse_document(value: object, source: str = "the instance document") -> Inst
         tags=tags,
         tags_error=tags_error,
         user_data=_present(compute.get("userData")),
+        document=value,
     )
 
 

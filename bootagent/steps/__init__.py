@@ -18,6 +18,7 @@ class StepResult(Record):
     error: str | None = None
     reason: str | None = None
     details: dict = Factory(dict)
+    duration_ms: int | None = None   # set by the runner: SPEC "result.json"
 
     @classmethod
     def skipped(cls, reason: str) -> "StepResult":
@@ -40,4 +41,6 @@ class StepResult(Record):
         if self.reason is not None:
             out["reason"] = self.reason
         out.update(self.details)
+        if self.duration_ms is not None:
+            out["duration_ms"] = self.duration_ms
         return out

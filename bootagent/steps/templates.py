@@ -10,9 +10,11 @@ decides its output (the template's bytes, the entry, the context's inputs in the
 form: compute and network JSON, hostname, admin user) and the digest of the bytes last
 written to `dest` (or that `when` was false). When the key matches and `dest` still
 holds those bytes with the entry's mode and owner, the entry is `unchanged` without
-rendering, without Jinja, and without decoding userData. The customData kept by the
-customdata step (/var/lib/bootagent/custom-data) is `customdata` in the context; the
-key holds its digest, so it too is parsed only on a miss. Failures are never cached.
+rendering, without Jinja, and without decoding userData. Failures are never cached.
+
+The context (render.template_context) is built by `render_context`, which `bootagent
+render` calls too: a template renders there exactly as at boot. customData is read from
+where the customdata step keeps it, and its digest is part of the cache key.
 """
 
 from __future__ import annotations
@@ -44,12 +46,12 @@ def run(ctx: Context, boot: Boot) -> StepResult:
     if boot.instance is None:
         return StepResult.skipped("no instance document")
     inputs = context_inputs(ctx, boot)
-    custom_data = _kept_custom_data(ctx)
+    customdata = kept_customdata(ctx)
     inputs_digest = _digest(json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode()
-                            + b"\0customdata:" + (_digest(custom_data) if custom_data else "").encode())
+                            + b"\0" + (_digest(customdata).encode() if customdata is not None else b"-"))
     old_cache = _load_cache(ctx)
     new_cache: dict[str, dict] = {}
-    lazy = _LazyRender(boot, inputs, custom_data)
+    lazy = _LazyRender(lambda: render_context(ctx, boot, customdata, inputs))
     changed, errors = [], []
     srcs = [entry.src for entry in entries]
     for entry in entries:
@@ -94,67 +96,86 @@ def context_hostname(ctx: Context, boot: Boot) -> str:
     return lines[0].strip() if lines and lines[0].strip() else "localhost"
 
 
-def _kept_custom_data(ctx: Context) -> bytes | None:
-    """The customData the customdata step kept (the media is gone at later boots): its
-    digest joins the cache key, so a boot with nothing to do never parses it."""
+def kept_customdata(ctx: Context) -> bytes | None:
+    """The customData the customdata step keeps (SPEC "Provisioning media"), None when
+    there is none. Read on every boot: the media is gone after the first."""
     try:
         return writer.read_file(ctx, CUSTOM_DATA_PATH, limit=MAX_DECODED)
-    except StepError:
+    except (StepError, OSError):  # `render` by a user who may not read the state directory
         return None
 
 
-def custom_data_mapping(data: bytes | None) -> dict:
-    """The kept customData's YAML mapping, or {} (none, a script, other bytes, bad YAML)."""
+def data_mapping(data: bytes | None) -> dict:
+    """The mapping a YAML userData or customData gives templates, else {} (as
+    Boot.user_data_mapping: bytes that are not a YAML mapping give none)."""
     if not data:
         return {}
-    from bootagent.boot import CUSTOM_DATA_FIELD
     from bootagent.imds.userdata import UserDataError, classify
 
     try:
-        found = classify(data, CUSTOM_DATA_FIELD)
+        found = classify(data)
     except UserDataError:
         return {}
     return found.mapping if found.mapping is not None else {}
+
+
+def render_context(ctx: Context, boot: Boot, customdata: bytes | None, inputs: dict | None = None) -> dict:
+    """The template context, built in one place for the boot and `bootagent render`."""
+    from bootagent.render import template_context
+
+    return template_context(inputs if inputs is not None else context_inputs(ctx, boot),
+                            boot.instance.tags, boot.user_data_mapping(), data_mapping(customdata))
+
+
+def read_template(ctx: Context, src: str) -> bytes:
+    """A manifest entry's template, by its name under the templates directory."""
+    source = writer.read_file(ctx, f"{TEMPLATE_DIR}/{src}", limit=MAX_TEMPLATE)
+    if source is None:
+        raise StepError(f"not found at {ctx.path(TEMPLATE_DIR)}/{src} (add it or remove the entry)")
+    return source
+
+
+def template_text(source: bytes) -> str:
+    try:
+        return source.decode("utf-8")
+    except UnicodeDecodeError:
+        raise StepError("the template is not UTF-8 text") from None
 
 
 class _LazyRender:
     """The Jinja side, built on the first cache miss only: the renderer and the context
     (whose userData and customData mappings are decoded here, never on the fast path)."""
 
-    def __init__(self, boot: Boot, inputs: dict, custom_data: bytes | None = None):
-        self.boot, self.inputs, self.custom_data = boot, inputs, custom_data
+    def __init__(self, make_context):
+        self.make_context = make_context
         self._renderer = self._context = None
 
     def get(self):
         if self._renderer is None:
-            from bootagent.render import Renderer, tag_map
+            from bootagent.render import Renderer
 
             self._renderer = Renderer()
-            self._context = {**self.inputs, "tags": tag_map(self.boot.instance.tags),
-                             "userdata": self.boot.user_data_mapping(),
-                             "customdata": custom_data_mapping(self.custom_data)}
+            self._context = self.make_context()
         return self._renderer, self._context
 
 
 def _one(ctx: Context, entry: Template, inputs_digest: str, cache: dict, lazy: _LazyRender):
     """Bring one entry's destination up to date: (cache key, cache record, whether it changed)."""
-    source = writer.read_file(ctx, f"{TEMPLATE_DIR}/{entry.src}", limit=MAX_TEMPLATE)
-    if source is None:
-        raise StepError(f"not found at {ctx.path(TEMPLATE_DIR)}/{entry.src} (add it or remove the entry)")
+    source = read_template(ctx, entry.src)
     owner = accounts.owner_ids(ctx, entry.owner, entry.group)
     key = _digest(b"\0".join([CACHE_FORMAT.encode(), _digest(source).encode(),
                               json.dumps(entry.to_dict(), sort_keys=True).encode(), inputs_digest.encode()]))
     known = cache.get(key)
     if known is not None and _still_there(ctx, entry, owner, known):
         return key, known, False
-    try:
-        text = source.decode("utf-8")
-    except UnicodeDecodeError:
-        raise StepError("the template is not UTF-8 text") from None
+    text = template_text(source)
     renderer, context = lazy.get()
-    if entry.when and not renderer.when(entry.when, context):
+    from bootagent.render import render_entry
+
+    output = render_entry(renderer, text, entry.when, context)
+    if output is None:
         return key, {"when": False}, False
-    data = renderer.render(text, context).encode("utf-8")
+    data = output.encode("utf-8")
     wrote = writer.write_file(ctx, entry.dest, data, mode=entry.mode, owner=owner)
     return key, {"dest": entry.dest, "sha256": _digest(data)}, wrote
 

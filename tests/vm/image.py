@@ -505,14 +505,16 @@ def copy_disk(src: Path, dest: Path) -> Path:
 
 def install_bootagent(base: BaseImage, dest: Path, *, config: str | None = None,
                       templates: dict[str, str] | None = None,
-                      extra: Iterable[GuestFile] = (), repo: Path = REPO) -> Path:
+                      extra: Iterable[GuestFile] = (), repo: Path = REPO,
+                      units: dict[str, bytes] | None = None) -> Path:
     """Copy the base disk to `dest` and install bootagent into the copy the way
     an image builder would by hand: the package into Debian's dist-packages
     (byte-compiled, as Debian's own python packages are), a launcher at
     /usr/bin/bootagent, units/bootagent.service and bootagent-host-keys.service
     into /etc/systemd/system, enabled for multi-user.target,
     /etc/bootagent/bootagent.yaml (with the parse cache `bootagent clean` leaves at
-    capture) and templates."""
+    capture) and templates. `units`: more unit files (name to bytes), installed and
+    enabled for multi-user.target beside bootagent's (e.g. examples/units/)."""
     copy_disk(base.disk, dest)
     w = Ext4Writer(dest)
     pkg = repo / "bootagent"
@@ -543,6 +545,9 @@ def install_bootagent(base: BaseImage, dest: Path, *, config: str | None = None,
         w.write(CONFIG_CACHE, captured_config_cache(config, repo), mode=0o600)
     for name, text in (templates or {}).items():
         w.write(f"/etc/bootagent/templates/{name}", text)
+    for name, data in (units or {}).items():
+        w.write(f"/etc/systemd/system/{name}", data)
+        w.symlink(f"/etc/systemd/system/multi-user.target.wants/{name}", f"/etc/systemd/system/{name}")
     for f in extra:
         w.write(f.path, f.data, f.mode, f.uid, f.gid)
     w.commit()
