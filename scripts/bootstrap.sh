@@ -2,12 +2,15 @@
 # Install what bootagent needs on a fresh Debian machine, then make .venv.
 #   scripts/bootstrap.sh          the agent, the demo and the unit tests
 #   scripts/bootstrap.sh --full   also the real-boot test's tools (QEMU, mmdebstrap, packer)
+#                                 and the Debian package's build tools (scripts/build-deb.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(passwd openssh-client python3-venv libsystemd-dev pkg-config)
 if [ "${1:-}" = "--full" ]; then
     packages+=(qemu-system-x86 qemu-utils mmdebstrap socat e2fsprogs packer openssh-server)
+    packages+=(git dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all
+               python3-setuptools lintian)
 fi
 missing=()
 for p in "${packages[@]}"; do
