@@ -258,6 +258,18 @@ def test_the_install_provisions_nothing(installed):
     assert not (root / "etc/bootagent").exists()  # the example is documentation, not a conffile
 
 
+def test_reinstalling_over_it_keeps_both_units_enabled(deb, scratch):
+    """What the Packer example runs over a previous bake (`apt-get install --reinstall`):
+    an upgrade in dpkg's eyes, which keeps the units enabled and provisions nothing."""
+    root, before = scratch("reinstalled")
+    vmimage.apt_install_deb(root, deb)
+    (root / "tmp" / deb.name).write_bytes(deb.read_bytes())
+    _chroot(root, "apt-get", "install", "-y", "-q", "--reinstall", f"/tmp/{deb.name}")
+    assert _chroot(root, "systemctl", "is-enabled", *UNITS).stdout.split() == ["enabled", "enabled"]
+    assert {f: (root / f).read_bytes() for f in IDENTITY} == before
+    assert not (root / "run/bootagent").exists() and not (root / "var/lib/bootagent").exists()
+
+
 def test_purge_leaves_no_agent_state(deb, scratch):
     root, _ = scratch("purged")
     vmimage.apt_install_deb(root, deb)
