@@ -26,7 +26,9 @@ fi
 # Debian's own Python 3.11 when present: it starts without the pyenv shim's detour.
 python=python3
 [ -x /usr/bin/python3.11 ] && python=/usr/bin/python3.11
-if [ ! -x .venv/bin/bootagent ] || [ pyproject.toml -nt .venv/.installed ]; then
+# bootagent/__init__.py holds the version the install records
+if [ ! -x .venv/bin/bootagent ] || [ pyproject.toml -nt .venv/.installed ] ||
+   [ bootagent/__init__.py -nt .venv/.installed ]; then
     "$python" -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test,systemd]'
     touch .venv/.installed
