@@ -161,7 +161,7 @@ class BaseImage:
 
     @property
     def rootfs(self) -> Path:
-        """The root tree the disk was made from, kept for chroot installs (dpkg -i)."""
+        """The root tree the disk was made from, kept: packages are installed into copies of it (chroot apt-get)."""
         return self.disk.parent / "rootfs"
 
     def exists(self) -> bool:
