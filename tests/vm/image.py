@@ -161,7 +161,8 @@ class BaseImage:
 
     @property
     def rootfs(self) -> Path:
-        """The root tree the disk was made from, kept: packages are installed into copies of it (chroot apt-get)."""
+        """The root tree the disk was made from, kept: packages are installed
+        into copies of it (chroot apt-get)."""
         return self.disk.parent / "rootfs"
 
     def exists(self) -> bool:
