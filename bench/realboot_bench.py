@@ -4,7 +4,8 @@
     sudo .venv/bin/python bench/realboot_bench.py [--rounds 3] [--json] [--keep DIR]
 
 Three images made from the same Debian 12 base (tests/vm/image.py, cached):
-bootagent installed as the real-boot test installs it; Debian's cloud-init 22.4
+bootagent installed as the real-boot test installs it (its Debian package, with
+apt-get); Debian's cloud-init 22.4
 with only its Azure datasource (tests/vm/cloudinit.py); and the floor: no agent,
 with host keys and the admin's key already in place, the boot every agent stands
 on. Each round boots each image, reversing the order every other round, each
@@ -117,8 +118,8 @@ def install_floor(base: image.BaseImage, dest: Path, public_key: str) -> Path:
 
 
 def install_other_tree(tree: Path, base: image.BaseImage, dest: Path) -> Path:
-    """`tree`'s bootagent installed by `tree`'s own tests/vm/image.py (its units,
-    its launcher), on this run's base image."""
+    """`tree`'s bootagent installed by `tree`'s own tests/vm/image.py (its package, or
+    for older trees its copied tree and launcher), on this run's base image."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("other_tree_vm_image", tree / "tests/vm/image.py")

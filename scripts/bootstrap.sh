@@ -2,6 +2,7 @@
 # Install what bootagent needs on a fresh Debian machine, then make .venv.
 #   scripts/bootstrap.sh          the agent, the demo and the unit tests
 #   scripts/bootstrap.sh --full   also the real-boot test's tools (QEMU, mmdebstrap, packer)
+#                                 and the Debian package's build tools (scripts/build-deb.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,9 @@ packages=(passwd openssh-client python3-venv libsystemd-dev pkg-config systemd n
 if [ "${1:-}" = "--full" ]; then
     packages+=(qemu-system-x86 qemu-utils mmdebstrap socat e2fsprogs packer openssh-server)
     packages+=(sshpass)   # the media real boot logs in with the admin's password
+    # the Debian package: built in the test run (scripts/build-deb.sh) and checked by lintian
+    packages+=(git dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all
+               python3-setuptools lintian)
 fi
 missing=()
 for p in "${packages[@]}"; do
@@ -29,7 +33,9 @@ fi
 # Debian's own Python 3.11 when present: it starts without the pyenv shim's detour.
 python=python3
 [ -x /usr/bin/python3.11 ] && python=/usr/bin/python3.11
-if [ ! -x .venv/bin/bootagent ] || [ pyproject.toml -nt .venv/.installed ]; then
+# bootagent/__init__.py holds the version the install records
+if [ ! -x .venv/bin/bootagent ] || [ pyproject.toml -nt .venv/.installed ] ||
+   [ bootagent/__init__.py -nt .venv/.installed ]; then
     "$python" -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test,systemd]'
     touch .venv/.installed

@@ -31,9 +31,12 @@ def validate(packer: str, tmp_path: Path, *extra: str) -> subprocess.CompletedPr
     key = tmp_path / "id_ed25519"  # validate parses the key
     if not key.exists():
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    deb = tmp_path / "bootagent_0.1.0_all.deb"  # validate checks that the upload exists
+    deb.write_bytes(b"")
     # from elsewhere than the template's directory: its paths must not depend on the cwd
     return subprocess.run([packer, "validate", f"-var=base_image={base}",
-                           f"-var=ssh_private_key_file={key}", *extra, str(TEMPLATE)],
+                           f"-var=ssh_private_key_file={key}", f"-var=bootagent_deb={deb}",
+                           *extra, str(TEMPLATE)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
 
 
@@ -49,11 +52,21 @@ def test_template_validates_with_a_fake_imds_and_direct_kernel_boot(packer, tmp_
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_a_missing_source_tree_is_refused(packer, tmp_path):
-    """validate really checks the template: a wrong bootagent_src fails it."""
-    r = validate(packer, tmp_path, f"-var=bootagent_src={tmp_path / 'nowhere'}")
+def test_a_missing_package_is_refused(packer, tmp_path):
+    """validate really checks the template: a package that is not there fails it."""
+    r = validate(packer, tmp_path, f"-var=bootagent_deb={tmp_path / 'nowhere.deb'}")
     assert r.returncode != 0
-    assert "nowhere/bootagent" in r.stdout + r.stderr
+    assert "nowhere.deb" in r.stdout + r.stderr
+
+
+def test_the_package_is_installed_with_apt_and_no_tree_is_copied():
+    """The image gets bootagent from its Debian package, as users will: no copied
+    source tree, no hand-written launcher, no hand-installed unit."""
+    text = TEMPLATE.read_text()
+    assert "apt-get install -y --reinstall ${local.deb}" in text
+    assert 'source      = var.bootagent_deb' in text
+    for gone in ("dist-packages", "/usr/bin/bootagent", "systemctl enable", "units/"):
+        assert gone not in text, gone
 
 
 def test_no_required_plugins_block():

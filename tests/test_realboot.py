@@ -1,4 +1,4 @@
-"""A real boot: a Debian 12 image with bootagent and its unit, booted under QEMU
+"""A real boot: a Debian 12 image with bootagent's Debian package installed, booted under QEMU
 as an Azure VM looks to its guest (IMDS and wireserver reachable at their
 addresses, served by the project's fake IMDS on the host; Azure's DMI chassis
 asset tag; the vmId as DMI system UUID), logged into over SSH with the key the
@@ -250,6 +250,12 @@ def test_first_boot_provisions_before_sshd(bench):
         assert bench.run(vm, "sudo cat /etc/realboot/app.conf") == (
             f"admin={ADMIN}\nrole=realboot\ngreeting=hello from userData\n")
         assert bench.run(vm, "id -nG").split().count("sudo") == 1
+        # the agent came from its Debian package, which enabled both units
+        assert "Status: install ok installed" in bench.run(vm, "dpkg -s bootagent")
+        assert bench.run(vm, "systemctl is-enabled bootagent.service "
+                             "bootagent-host-keys.service").split() == ["enabled", "enabled"]
+        assert bench.run(vm, "readlink -f /usr/bin/bootagent; dpkg -S /usr/bin/bootagent").split() == [
+            "/usr/bin/bootagent", "bootagent:", "/usr/bin/bootagent"]
 
         rc, out = vm.ssh(ADMIN, bench.key, "sudo bootagent status")
         assert rc == 0, f"bootagent status exited {rc}:\n{out}"

@@ -1,11 +1,13 @@
 # Bake bootagent into a Debian image with Packer's built-in QEMU builder.
 # Works with Debian's packer package (1.6.6): HCL2, no required_plugins block.
 #
+#   scripts/build-deb.sh    # from the repository: dist/bootagent_<version>_all.deb
 #   packer build -var base_image=debian-12.qcow2 \
-#                -var ssh_private_key_file=~/.ssh/id_ed25519 bootagent.pkr.hcl
+#                -var ssh_private_key_file=~/.ssh/id_ed25519 \
+#                -var bootagent_deb=dist/bootagent_0.1.0_all.deb bootagent.pkr.hcl
 #
 # See README.md beside this file for what the base image must allow, and
-# build-local.sh for a complete run against the project's own fake IMDS.
+# build-local.py for a complete run against the project's own fake IMDS.
 
 variable "base_image" {
   type        = string
@@ -29,10 +31,9 @@ variable "delete_build_user" {
   description = "Remove ssh_username (and its home) at shutdown, e.g. when bootagent made it for this build."
 }
 
-variable "bootagent_src" {
+variable "bootagent_deb" {
   type        = string
-  default     = ""
-  description = "The bootagent source tree (holds bootagent/ and units/); default: the one this template is in."
+  description = "bootagent's Debian package (scripts/build-deb.sh leaves it in dist/), installed with apt-get."
 }
 
 variable "bootagent_config" {
@@ -70,7 +71,7 @@ variable "ssh_timeout" {
 }
 
 locals {
-  src    = var.bootagent_src != "" ? var.bootagent_src : "${path.root}/../.."
+  deb    = "/tmp/bootagent-install/${basename(var.bootagent_deb)}"
   config = var.bootagent_config != "" ? var.bootagent_config : "${path.root}/bootagent.yaml"
   imds_fwd = "cmd:socat STDIO TCP:127.0.0.1:${var.fake_imds_port}"
   # Packer's own -netdev plus, with a fake IMDS, a net holding both Azure
@@ -125,47 +126,30 @@ build {
     ]
   }
 
-  # 2. The package, the units and the configuration.
+  # 2. The package and the configuration.
   provisioner "file" {
-    source      = "${local.src}/bootagent"
-    destination = "/tmp/bootagent-install"
-  }
-  provisioner "file" {
-    source      = "${local.src}/units/bootagent.service"
-    destination = "/tmp/bootagent-install/bootagent.service"
-  }
-  provisioner "file" {
-    source      = "${local.src}/units/bootagent-host-keys.service"
-    destination = "/tmp/bootagent-install/bootagent-host-keys.service"
+    source      = var.bootagent_deb
+    destination = local.deb
   }
   provisioner "file" {
     source      = local.config
     destination = "/tmp/bootagent-install/bootagent.yaml"
   }
 
-  # 3. Install: Debian's python3 libraries, the package into dist-packages, a
-  #    launcher (what pip's console script runs: entry() skips the interpreter's
-  #    shutdown), both units enabled for multi-user.target: bootagent.service
-  #    and bootagent-host-keys.service, which makes the SSH host keys as soon as
-  #    the root file system is writable, beside the rest of the boot.
+  # 3. Install the package as any other: apt-get pulls Debian's python3-requests,
+  #    python3-yaml, python3-jinja2 (and the recommended python3-systemd) when the
+  #    image lacks them. It enables bootagent.service and bootagent-host-keys.service
+  #    (which makes the SSH host keys early in boot, beside the rest of it) and
+  #    starts neither; over an installed bootagent it is an upgrade, which does not
+  #    run the oneshot again either. Then the configuration.
   provisioner "shell" {
     execute_command = "sudo -n sh -c '{{ .Vars }} {{ .Path }}'"
+    environment_vars = ["DEBIAN_FRONTEND=noninteractive"]
     inline = [
       "set -eu",
-      "cd /tmp/bootagent-install",
-      "deps='python3 python3-requests python3-yaml python3-jinja2 python3-systemd openssh-server passwd'",
-      "dpkg-query -W $deps >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $deps; }",
-      "find bootagent -name __pycache__ -prune -exec rm -rf {} +",
-      "rm -rf /usr/lib/python3/dist-packages/bootagent",
-      "cp -r bootagent /usr/lib/python3/dist-packages/bootagent",
-      "chown -R root:root /usr/lib/python3/dist-packages/bootagent",
-      "python3 -m compileall -q /usr/lib/python3/dist-packages/bootagent",
-      "printf '#!/usr/bin/python3\\nfrom bootagent.cli import entry\\nentry()\\n' > /usr/bin/bootagent",
-      "chmod 0755 /usr/bin/bootagent",
-      "install -D -m 0644 bootagent.yaml /etc/bootagent/bootagent.yaml",
-      "install -m 0644 bootagent.service bootagent-host-keys.service /etc/systemd/system/",
-      "systemctl daemon-reload",
-      "systemctl enable bootagent.service bootagent-host-keys.service",
+      "apt-get install -y --reinstall ${local.deb} || { apt-get update && apt-get install -y --reinstall ${local.deb}; }",
+      "install -D -m 0644 /tmp/bootagent-install/bootagent.yaml /etc/bootagent/bootagent.yaml",
+      "systemctl is-enabled bootagent.service bootagent-host-keys.service",
       "rm -rf /tmp/bootagent-install",
     ]
   }

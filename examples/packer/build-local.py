@@ -7,14 +7,16 @@ of the baked image as a new VM to prove it provisions again.
 Optional, not part of CI. Needs what the real-boot test needs (see
 tests/vm/README.md) plus packer. Under TCG it takes a few minutes.
 
-1. The real-boot test's Debian 12 base, with bootagent installed, is the base
-   image: Packer logs in as the user bootagent makes for it, from a document
-   served by `bootagent fake-imds` (user "packer", the build's key).
-2. Packer waits for that run (`bootagent status --wait`), installs bootagent
-   and its unit from this tree, runs `bootagent clean --machine-id
+1. This tree's Debian package is built (scripts/build-deb.sh). The real-boot
+   test's Debian 12 base, with that package installed, is the base image:
+   Packer logs in as the user bootagent makes for it, from a document served by
+   `bootagent fake-imds` (user "packer", the build's key).
+2. Packer waits for that run (`bootagent status --wait`), uploads the package
+   and installs it with apt-get, runs `bootagent clean --machine-id
    --ssh-host-keys`, and deletes its user at shutdown.
 3. The output is booted with a new vmId and another admin: it must provision
-   again (new host keys, new machine-id, no build user left).
+   again (new host keys, new machine-id, no build user left), with the package
+   installed and both units enabled.
 """
 
 from __future__ import annotations
@@ -68,9 +70,10 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
 
+    deb = vmimage.build_deb(REPO)
     base = vmimage.build_base()
     stage1 = vmimage.install_bootagent(base, work / "base-with-bootagent.raw",
-                                       config="templates: []\n")
+                                       config="templates: []\n", deb=deb)
     packer_key = keygen(work / "packer_key")
     accel = vmqemu.detect_accel(base.kernel, base.initrd)
     build_vm = str(uuid.uuid4())
@@ -83,6 +86,7 @@ def main() -> int:
         varfile.write_text(json.dumps({
             "base_image": str(stage1),
             "ssh_private_key_file": str(packer_key),
+            "bootagent_deb": str(deb),
             "delete_build_user": True,
             "accelerator": accel,
             "fake_imds_port": fake.port,
@@ -139,6 +143,9 @@ def main() -> int:
                 "machine-id made at boot": len(sh("cat /etc/machine-id").strip()) == 32,
                 "build user gone": vm.ssh("azureuser", user_key, "getent passwd packer")[0] != 0,
                 "status ok": vm.ssh("azureuser", user_key, "sudo bootagent status")[0] == 0,
+                "package installed": "Status: install ok installed" in sh("dpkg -s bootagent"),
+                "both units enabled": sh("systemctl is-enabled bootagent.service "
+                                         "bootagent-host-keys.service").split() == ["enabled"] * 2,
             }
             vm.poweroff("azureuser", user_key)
     for name, ok in checks.items():

@@ -6,10 +6,14 @@ Debian mirrors that the host's own apt sources name. It is cached under
 ``$BOOTAGENT_VM_CACHE`` (default ``~/.cache/bootagent-vm``), keyed by a hash of
 the recipe (package list, hooks, sizes), so local runs build it once.
 
-Installing bootagent never mounts anything: the base is copied (sparsely) and
-the files are written into the copy with ``debugfs -w``. Per-boot disks are
-qcow2 overlays on top of that copy (see ``overlay``), so the copy stays as
-installed and booting the same overlay again is "the same VM, rebooted".
+The root tree the disk was made from stays in the cache beside it: bootagent's
+Debian package is installed with ``apt-get install ./bootagent_*.deb`` in a copy
+of that tree (chroot, no network: its dependencies are in the base) and the copy
+becomes a disk of its own, cached by the package's content. Each VM's
+configuration and templates are then written into a copy of that disk with
+``debugfs -w`` (nothing is mounted). Per-boot disks are qcow2 overlays on top of
+that copy (see ``overlay``), so the copy stays as installed and booting the same
+overlay again is "the same VM, rebooted".
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ import fcntl
 import glob
 import hashlib
 import inspect
+import io
 import json
 import os
-import py_compile
 import re
 import shutil
 import subprocess
@@ -159,8 +163,15 @@ class BaseImage:
     def in_dir(cls, d: Path) -> "BaseImage":
         return cls(d / "disk.raw", d / "vmlinuz", d / "initrd.img")
 
+    @property
+    def rootfs(self) -> Path:
+        """The root tree the disk was made from, kept: packages are installed
+        into copies of it (chroot apt-get)."""
+        return self.disk.parent / "rootfs"
+
     def exists(self) -> bool:
-        return all(p.is_file() for p in (self.disk, self.kernel, self.initrd))
+        return (all(p.is_file() for p in (self.disk, self.kernel, self.initrd))
+                and self.rootfs.is_dir())
 
 
 # ---------------------------------------------------------------------------
@@ -291,7 +302,6 @@ def build_base(force: bool = False, log_file: Path | None = None,
             _build_into(work, log_file or (root / f"build-{key}.log"), variant)
             if final.exists():
                 shutil.rmtree(final)
-            (work / "rootfs").exists() and shutil.rmtree(work / "rootfs")
             work.rename(final)
         finally:
             if work.exists():
@@ -346,7 +356,7 @@ def _build_into(work: Path, log_file: Path, variant: Variant = BASE) -> None:
         f.truncate(_size_bytes(DISK_SIZE))
     subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "bootroot", "-E", "root_owner=0:0",
                     "-d", str(rootfs), str(disk)], check=True)
-    shutil.rmtree(rootfs)
+    # The tree stays: packages (bootagent's .deb) are installed into copies of it
     (work / "manifest.json").write_text(json.dumps({
         "suite": SUITE, "variant": variant.name, "packages": packages, "mirrors": mirrors,
         "key": recipe_key(variant),
@@ -473,12 +483,11 @@ def read_file(disk: Path, path: str) -> bytes:
 
 REPO = Path(__file__).resolve().parents[2]
 
-# What pip's console script for `bootagent = "bootagent.cli:entry"` runs: entry()
-# leaves with os._exit once output is flushed, skipping the interpreter's shutdown.
-LAUNCHER = "#!/usr/bin/python3\nfrom bootagent.cli import entry\nentry()\n"
-# The units, each enabled for multi-user.target (see their [Install] sections).
+# The units the package enables for multi-user.target (see their [Install] sections).
 UNITS = ("bootagent.service", "bootagent-host-keys.service")
-
+# Debian's tools with Debian's python3 (a pyenv shim earlier on PATH would shadow it).
+CHROOT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root",
+              "DEBIAN_FRONTEND": "noninteractive"}
 
 CONFIG_CACHE = "/var/lib/bootagent/config-cache.json"
 # `bootagent clean`, run over a staging root, by this interpreter and the tree's package
@@ -503,43 +512,94 @@ def copy_disk(src: Path, dest: Path) -> Path:
     return dest
 
 
+# ---------------------------------------------------------------------------
+# bootagent's Debian package, installed as image builders install it
+
+def build_deb(repo: Path = REPO) -> Path:
+    """`repo`'s .deb, made by its scripts/build-deb.sh (rebuilt only when its files changed)."""
+    r = subprocess.run([str(repo / "scripts" / "build-deb.sh"), "--if-changed", "--no-lintian"],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise RuntimeError(f"scripts/build-deb.sh failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return Path(r.stdout.strip().splitlines()[-1])
+
+
+def deb_key(deb: Path) -> str:
+    """Hash of what the package installs and runs (file names, modes, bytes, control
+    files), not of its time stamps: the same tree built twice keys the same layer."""
+    import tarfile
+    h = hashlib.sha256()
+    for part in ("--ctrl-tarfile", "--fsys-tarfile"):
+        data = subprocess.run(["dpkg-deb", part, str(deb)], check=True, capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for m in sorted(tar.getmembers(), key=lambda m: m.name):
+                h.update(f"{part} {m.name} {m.type!r} {m.mode:o} {m.linkname}\n".encode())
+                if m.isfile():
+                    h.update(tar.extractfile(m).read())
+    return h.hexdigest()[:16]
+
+
+def apt_install_deb(root: Path, deb: Path) -> str:
+    """`apt-get install ./bootagent_*.deb` in the chroot `root`, as an image builder
+    runs it (its dependencies are in the base already: no network). Returns apt's output."""
+    staged = root / "tmp" / deb.name
+    shutil.copyfile(deb, staged)
+    try:
+        r = subprocess.run(["chroot", str(root), "apt-get", "install", "-y", "-q",
+                            "--no-install-recommends", f"/tmp/{deb.name}"],
+                           env=CHROOT_ENV, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    finally:
+        staged.unlink(missing_ok=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"apt-get install {deb.name} in {root} failed ({r.returncode}):\n"
+                           + (r.stdout + r.stderr)[-3000:])
+    return r.stdout + r.stderr
+
+
+def packaged_disk(base: BaseImage, deb: Path) -> Path:
+    """The base disk with `deb` installed by apt-get in a copy of the base's root tree,
+    cached beside the base, keyed by the package's content (deb_key)."""
+    d = base.disk.parent
+    key = deb_key(deb)
+    final = d / f"bootagent-{key}.raw"
+    with open(d / f".lock-bootagent-{key}", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if final.is_file():
+            os.utime(final)
+            return final
+        work = Path(tempfile.mkdtemp(prefix=f".pkg-{key}-", dir=d))
+        try:
+            root = work / "root"
+            subprocess.run(["cp", "-a", "--reflink=auto", str(base.rootfs), str(root)], check=True)
+            apt_install_deb(root, deb)
+            disk = work / "disk.raw"
+            with open(disk, "wb") as f:
+                f.truncate(_size_bytes(DISK_SIZE))
+            subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "bootroot", "-E", "root_owner=0:0",
+                            "-d", str(root), str(disk)], check=True)
+            disk.rename(final)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    for old in d.glob("bootagent-*.raw"):  # other packages' layers, unused for an hour
+        if old != final and time.time() - old.stat().st_mtime > UNUSED_FOR:
+            old.unlink(missing_ok=True)
+    return final
+
+
 def install_bootagent(base: BaseImage, dest: Path, *, config: str | None = None,
                       templates: dict[str, str] | None = None,
                       extra: Iterable[GuestFile] = (), repo: Path = REPO,
-                      units: dict[str, bytes] | None = None) -> Path:
-    """Copy the base disk to `dest` and install bootagent into the copy the way
-    an image builder would by hand: the package into Debian's dist-packages
-    (byte-compiled, as Debian's own python packages are), a launcher at
-    /usr/bin/bootagent, units/bootagent.service and bootagent-host-keys.service
-    into /etc/systemd/system, enabled for multi-user.target,
-    /etc/bootagent/bootagent.yaml (with the parse cache `bootagent clean` leaves at
-    capture) and templates. `units`: more unit files (name to bytes), installed and
-    enabled for multi-user.target beside bootagent's (e.g. examples/units/)."""
-    copy_disk(base.disk, dest)
+                      deb: Path | None = None, units: dict[str, bytes] | None = None) -> Path:
+    """Install bootagent as an image builder does: its Debian package (`deb`, else
+    `repo`'s, built by scripts/build-deb.sh) with apt-get into the base's root
+    (cached, see packaged_disk), which enables both units for multi-user.target;
+    then, in a copy of that disk at `dest`, /etc/bootagent/bootagent.yaml (with the
+    parse cache `bootagent clean` leaves at capture) and templates. `units`: more unit
+    files (name to bytes), installed and enabled for multi-user.target beside
+    bootagent's (e.g. examples/units/)."""
+    layer = packaged_disk(base, deb or build_deb(repo))
+    copy_disk(layer, dest)
     w = Ext4Writer(dest)
-    pkg = repo / "bootagent"
-    site = "/usr/lib/python3/dist-packages"
-    compile_ok = sys.version_info[:2] == (3, 11)  # bookworm's python3 is 3.11
-    with tempfile.TemporaryDirectory(prefix="vm-pyc-") as tmp:
-        for src in sorted(pkg.rglob("*")):
-            rel = src.relative_to(repo).as_posix()
-            if "__pycache__" in src.parts or src.suffix in (".pyc", ".pyo"):
-                continue
-            if src.is_dir():
-                w.mkdir(f"{site}/{rel}")
-                continue
-            w.write(f"{site}/{rel}", src.read_bytes())
-            if compile_ok and src.suffix == ".py":
-                # checked-hash pycs stay valid whatever mtime debugfs gives the source
-                pyc = Path(tmp) / "x.pyc"
-                py_compile.compile(str(src), cfile=str(pyc), dfile=f"{site}/{rel}", doraise=True,
-                                   invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
-                cache = f"{site}/{Path(rel).parent.as_posix()}/__pycache__"
-                w.write(f"{cache}/{src.stem}.cpython-311.pyc", pyc.read_bytes())
-    w.write("/usr/bin/bootagent", LAUNCHER, mode=0o755)
-    for unit in UNITS:
-        w.write(f"/etc/systemd/system/{unit}", (repo / "units" / unit).read_bytes())
-        w.symlink(f"/etc/systemd/system/multi-user.target.wants/{unit}", f"/etc/systemd/system/{unit}")
     if config is not None:
         w.write("/etc/bootagent/bootagent.yaml", config)
         w.write(CONFIG_CACHE, captured_config_cache(config, repo), mode=0o600)
