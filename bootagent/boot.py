@@ -11,11 +11,15 @@ from __future__ import annotations
 from bootagent.accounts import Account
 from bootagent.imds.document import Instance
 from bootagent.imds.userdata import UserData, UserDataError, classify, decode
-from bootagent.record import Factory, Record
+from bootagent.record import TYPE_CHECKING, Factory, Record
 from bootagent.state import InstanceState
 from bootagent.steps import StepResult
 
 CUSTOM_DATA_FIELD = "ovf-env.xml CustomData"
+
+if TYPE_CHECKING:  # the media's modules are imported only when a media is read
+    from bootagent.errors import MediaError
+    from bootagent.media.ovf import Media
 
 
 class Boot(Record):
@@ -29,8 +33,8 @@ class Boot(Record):
     _user_data: UserData | None = None
     _user_data_error: UserDataError | None = None
     _decoded: bool = False
-    media: object = None                 # bootagent.media.ovf.Media, when one was read
-    media_error: object = None           # the MediaError that refused it
+    media: Media | None = None           # the provisioning media, when one was read
+    media_error: MediaError | None = None  # what refused it
     media_source: str | None = None
     media_looked: bool = False           # the media was looked for (provisioning_media not off)
     _custom_data: UserData | None = None

@@ -55,7 +55,7 @@ def boolean(value: object) -> bool:
 def auto_or_boolean(value: object) -> str | bool:
     if value != "auto" and not isinstance(value, bool):  # `in (True, False)` would take 0 and 1
         raise Invalid("auto, true or false")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def seconds(value: object) -> float:
@@ -86,7 +86,7 @@ def api_version(value: object) -> str:
     if value not in SUPPORTED_API_VERSIONS:
         raise Invalid(f"one of the supported api-versions ({SUPPORTED_API_VERSIONS[0]} … "
                       f"{SUPPORTED_API_VERSIONS[-1]})")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def group_names(value: object) -> tuple[str, ...]:
@@ -120,13 +120,13 @@ def one_of(*choices: str) -> Callable[[object], str]:
     def check(value: object) -> str:
         if value not in choices:
             raise Invalid(", ".join(choices[:-1]) + " or " + choices[-1])
-        return value  # type: ignore[return-value]
+        return value
     return check
 
 
 def auto_off_or_path(value: object) -> str:
     if value in ("auto", "off"):
-        return value  # type: ignore[return-value]
+        return value
     try:
         return absolute_path(value)
     except Invalid:
@@ -145,7 +145,7 @@ def auto_or_path(value: object) -> str:
 def e2fs_type(value: object) -> str:
     if value not in ("ext4", "ext3", "ext2"):
         raise Invalid("ext4, ext3 or ext2 (xfs cannot hold the 13-character label bootagent-tmp)")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def megabytes(value: object) -> int:
@@ -241,7 +241,7 @@ class Template(Record, frozen=True):
     group: str
 
     def to_dict(self) -> dict:
-        return plain(self)  # type: ignore[return-value]
+        return plain_record(self)
 
 
 class Config(Record, frozen=True):
@@ -256,7 +256,7 @@ class Config(Record, frozen=True):
 
     def to_dict(self) -> dict:
         """Plain data (the parse cache's form; `from_dict` reads it back)."""
-        return plain(self)  # type: ignore[return-value]
+        return plain_record(self)
 
 
 SECTION_TYPES: dict[str, type[Record]] = {
@@ -266,10 +266,14 @@ SECTION_TYPES: dict[str, type[Record]] = {
 }
 
 
-def plain(value: object) -> object:
+def plain_record(record: Record) -> dict:
     """A settings record as JSON-ready data: dicts and lists."""
+    return {name: plain(getattr(record, name)) for name in record._fields}
+
+
+def plain(value: object) -> object:
     if isinstance(value, Record):
-        return {name: plain(getattr(value, name)) for name in value._fields}
+        return plain_record(value)
     if isinstance(value, tuple):
         return [plain(item) for item in value]
     return value

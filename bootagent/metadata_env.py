@@ -86,12 +86,12 @@ def variables(instance: Instance, hostname: str) -> tuple[list[tuple[str, str]],
     left_out = []
     by_variable: dict[str, list[str]] = {}
     for name in instance.tags:
-        variable = tag_variable(name)
-        if variable is None:
+        tag_var = tag_variable(name)
+        if tag_var is None:
             left_out.append(f"tag {quoted(name)} left out of metadata.env: its name has no letter "
                             "or digit to make a variable name of; rename the tag")
             continue
-        by_variable.setdefault(variable, []).append(name)
+        by_variable.setdefault(tag_var, []).append(name)
     for variable, names in by_variable.items():
         if len(names) > 1:
             shown = " and ".join(quoted(name) for name in names)

@@ -37,7 +37,7 @@ def build(*, instance_id: str | None, started: float, finished: float, imds: dic
           results: dict[str, StepResult], error: str | None = None, boot: str | None = None,
           duration_ms: int | None = None) -> dict:
     ok = error is None and all(r.ok for r in results.values())
-    record = {
+    record: dict[str, object] = {
         "status": "ok" if ok else "error",
         "instance_id": instance_id,
         "boot_id": boot,

@@ -119,7 +119,8 @@ def run(ctx: Context, *, metadata_file: str | None = None,
             instance = _fetch(ctx, metadata_file, imds_info)
             # the moment the document is had: the real-boot test times the rest of the run from it
             log(ctx, "info", "instance document received")
-            _provision(ctx, instance, imds_info["api_version"], host_keys_job, results, provisioning_media)
+            _provision(ctx, instance, str(imds_info["api_version"]), host_keys_job, results,
+                       provisioning_media)
             error, code = None, 0
         except BootagentError as err:
             error = str(err)
@@ -245,6 +246,8 @@ def _metadata_env(ctx: Context, boot: Boot) -> StepResult:
     from bootagent import metadata_env
     from bootagent.steps.templates import context_hostname
 
+    if boot.instance is None:
+        return StepResult.skipped("no instance document")
     changed, left_out = metadata_env.write(ctx, boot.instance, context_hostname(ctx, boot))
     for line in left_out:
         log(ctx, "warning", line, step="metadata_env")

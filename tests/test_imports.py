@@ -228,7 +228,7 @@ TOKENS = ["run", "status", "clean", "metadata", "doctor", "fake-imds", "--root",
           "--machine-id", "--ssh-host-keys", "--metadata-file", "--config", "--format", "text",
           "json", "xml", "--format=text", "compute/vmId", "", "--", "-h", "--help", "-", "--version",
           "attest", "--nonce", "0042", "--ca-file", "--endpoint", "loadbalancer", "attested/document",
-          "--media", "--provisioning-media"]
+          "--media", "--provisioning-media",
           "render", "motd.j2", "--manifest", "--tag", "env=prod", "--userdata", "--customdata",
           "--timings"]
 

@@ -14,7 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bootagent import metadata_env
 from bootagent.imds.document import parse_document

@@ -26,6 +26,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import disk_images as images
 from test_realboot import ADMIN, SSH_DEADLINE, Bench, _missing_prerequisites
+
 from vm import fake as vmfake
 from vm import image as vmimage
 from vm import qemu as vmqemu

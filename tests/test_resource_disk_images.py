@@ -191,7 +191,8 @@ def test_formatting_in_place_leaves_the_partition_table_byte_for_byte(work):
     assert os.path.getsize(image) == 64 << 20
     verdict, facts = verdict_of(image)
     assert (verdict.action, verdict.target, verdict.fstype) == ("mount", part.node, "ext4")
-    assert subprocess.run(["sfdisk", "--verify", str(image)], capture_output=True, text=True, check=False).returncode == 0
+    verify = subprocess.run(["sfdisk", "--verify", str(image)], capture_output=True, text=True, check=False)
+    assert verify.returncode == 0
 
 
 def test_mkfs_missing_or_failing_is_one_clear_line(work, monkeypatch):

@@ -38,7 +38,8 @@ DOCUMENT_DATE = "%m/%d/%y %H:%M:%S -0000"
 
 
 def signer_domain(document: dict) -> str:
-    compute = document.get("compute") if isinstance(document.get("compute"), dict) else {}
+    compute = document.get("compute")
+    compute = compute if isinstance(compute, dict) else {}
     return CLOUD_DOMAINS.get(str(compute.get("azEnvironment") or "").lower(), PUBLIC_DOMAIN)
 
 
@@ -99,8 +100,10 @@ class AttestedEndpoint:
 
 def claims_of(document: dict, nonce: str, version: str, now: datetime) -> dict:
     """The signed fields, in the documentation's order."""
-    compute = document.get("compute") if isinstance(document.get("compute"), dict) else {}
-    plan = compute.get("plan") if isinstance(compute.get("plan"), dict) else {}
+    compute = document.get("compute")
+    compute = compute if isinstance(compute, dict) else {}
+    plan = compute.get("plan")
+    plan = plan if isinstance(plan, dict) else {}
     claims = {}
     if version >= LICENSE_TYPE_SINCE and compute.get("licenseType"):
         claims["licenseType"] = compute["licenseType"]

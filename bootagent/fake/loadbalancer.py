@@ -12,7 +12,7 @@ from .imds import check_api_version, refuse_unsafe
 from .messages import Reply, Request, error_reply, json_reply
 
 LOADBALANCER_PATH = "/metadata/loadbalancer"
-EMPTY = {"publicIpAddresses": [], "inboundRules": [], "outboundRules": []}
+EMPTY: dict[str, list] = {"publicIpAddresses": [], "inboundRules": [], "outboundRules": []}
 
 
 def loadbalancer_reply(request: Request, document: dict, versions: tuple[str, ...]) -> Reply:

@@ -48,8 +48,9 @@ class ScheduledEvents:
         if event_type not in EVENT_TYPES:
             raise ValueError(f"--event {event_type!r} is not one of {', '.join(EVENT_TYPES)}")
         delay, duration, description = EVENT_TYPES[event_type]
+        event_id = str(uuid.uuid4()).upper()
         event = {
-            "EventId": str(uuid.uuid4()).upper(),
+            "EventId": event_id,
             "EventType": event_type,
             "ResourceType": "VirtualMachine",
             "Resources": list(resources or []),
@@ -62,7 +63,7 @@ class ScheduledEvents:
         with self._lock:
             self.events.append(event)
             self.incarnation += 1
-        return event["EventId"]
+        return event_id
 
     def acknowledge(self, event_ids: list[str]) -> int:
         """Remove the events named; how many were removed."""
@@ -86,7 +87,8 @@ class ScheduledEvents:
         if refusal:
             return refusal
         if request.method == "GET":
-            compute = document.get("compute") if isinstance(document.get("compute"), dict) else {}
+            compute = document.get("compute")
+            compute = compute if isinstance(compute, dict) else {}
             return json_reply(200, self.document(str(compute.get("name") or "vm")))
         if request.method != "POST":
             return error_reply(405, "Method not allowed")
@@ -107,6 +109,5 @@ def start_requests(body: bytes) -> list[str] | None:
     if not isinstance(requests, list):
         return None
     ids = [item.get("EventId") for item in requests if isinstance(item, dict)]
-    if len(ids) != len(requests) or not all(isinstance(event_id, str) for event_id in ids):
-        return None
-    return ids
+    named = [event_id for event_id in ids if isinstance(event_id, str)]
+    return named if len(named) == len(requests) else None

@@ -37,7 +37,7 @@ class StepResult(Record):
         return self.status != "failed"
 
     def to_json(self) -> dict:
-        out = {"status": self.status, "changed": self.changed, "error": self.error}
+        out: dict[str, object] = {"status": self.status, "changed": self.changed, "error": self.error}
         if self.reason is not None:
             out["reason"] = self.reason
         out.update(self.details)

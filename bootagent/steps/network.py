@@ -93,14 +93,18 @@ def live_drivers(ctx: Context) -> dict[str, str]:
     """MAC -> driver of the NICs in the root's /sys/class/net; hv_netvsc wins when a MAC
     is shared (Accelerated Networking's virtual function has the synthetic NIC's MAC)."""
     base = _inside(ctx, ctx.path("/sys/class/net"))
+    if not base:
+        return {}
     try:
-        names = os.listdir(base) if base else []
+        names = os.listdir(base)
     except OSError:
         return {}
     drivers: dict[str, str] = {}
     for name in names:
         entry = _inside(ctx, os.path.join(base, name))
-        device = entry and _inside(ctx, os.path.join(entry, "device"))
+        if not entry:
+            continue
+        device = _inside(ctx, os.path.join(entry, "device"))
         if not device:
             continue
         mac = netconf.normalise_mac(_read_small(entry, "address").strip())

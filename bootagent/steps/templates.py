@@ -124,7 +124,8 @@ def render_context(ctx: Context, boot: Boot, customdata: bytes | None, inputs: d
     from bootagent.render import template_context
 
     return template_context(inputs if inputs is not None else context_inputs(ctx, boot),
-                            boot.instance.tags, boot.user_data_mapping(), data_mapping(customdata))
+                            boot.instance.tags if boot.instance is not None else {},
+                            boot.user_data_mapping(), data_mapping(customdata))
 
 
 def read_template(ctx: Context, src: str) -> bytes:

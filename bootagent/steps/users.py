@@ -147,7 +147,7 @@ def _sshd_password_setting(ctx: Context, boot: Boot, notes: dict) -> list[str]:
     the document already holds the media's when IMDS had none); absent: untouched."""
     from bootagent import sshd
 
-    value = boot.instance.disable_password_auth
+    value = boot.instance.disable_password_auth if boot.instance is not None else None
     if value is None or value == "":
         return []
     changed, why_not = sshd.set_password_authentication(ctx, not password_disabled(value))
