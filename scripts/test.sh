@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 # The real boot's tools: installed whenever one is missing, not only on a machine without
 # .venv (`./demo.sh` makes .venv with the light bootstrap and nothing else).
-realboot_tools=(qemu-system-x86_64 qemu-img mmdebstrap socat mkfs.ext4 packer sshd)
+realboot_tools=(qemu-system-x86_64 qemu-img mmdebstrap socat mkfs.ext4 packer sshd sshpass
+                dpkg-buildpackage lintian)
 missing=()
 for tool in "${realboot_tools[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || [ -x "/sbin/$tool" ] || missing+=("$tool")

@@ -172,6 +172,32 @@ def test_live_the_custom_data_script_runs_once_before_the_user_data_script(jail)
     assert f"\n{admin}:$6$" in "\n" + shadow and "Live-Pass" not in shadow
 
 
+def test_live_a_custom_data_script_skipped_by_configuration_runs_once_scripts_are_enabled(jail):
+    """SPEC "Hardening": a step skipped by configuration is never recorded as done. The
+    media is gone at the next boot, so the kept customData script waits and runs then."""
+    from bootagent.fake.server import FakeImds
+    from reliability.jail import JAIL_CONFIG, run_live
+
+    document = default_document()
+    media = jail / "media"
+    media.mkdir()
+    (media / "ovf-env.xml").write_bytes(build_ovf(document, None, b"#!/bin/sh\necho ran >> /tmp/runs\n"))
+    config = jail / "etc/bootagent/bootagent.yaml"
+    with FakeImds(document, rate_limit=0) as fake:
+        config.write_text("userdata:\n  run_scripts: false\n" + JAIL_CONFIG)
+        skipped = run_live(jail, "--imds-url", fake.url, "--provisioning-media", "/media")
+        assert skipped.returncode == 0, skipped.stderr
+        step = result_json(jail)["steps"]["customdata"]
+        assert (step["script"], step["script_reason"]) == ("skipped", "userdata.run_scripts is false")
+        assert not (jail / "tmp/runs").exists()
+        config.write_text(JAIL_CONFIG)
+        enabled = run_live(jail, "--imds-url", fake.url)      # the CD is gone at this boot
+        again = run_live(jail, "--imds-url", fake.url)
+    assert enabled.returncode == 0, enabled.stderr
+    assert again.returncode == 0, again.stderr
+    assert (jail / "tmp/runs").read_text() == "ran\n"
+
+
 def test_a_device_is_mounted_read_only_and_unmounted_and_named_as_the_source(tmp_path):
     """A block device (a read-only loop device over an ISO): mounted in a private directory
     under /run/bootagent, read, unmounted, the directory removed; the source is the device."""
