@@ -18,7 +18,6 @@ import base64
 import copy
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -28,9 +27,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vm import fake as vmfake  # noqa: E402
 from vm import image as vmimage  # noqa: E402
-from vm import qemu as vmqemu  # noqa: E402
+from vm import session as vmsession  # noqa: E402
 
 pytestmark = pytest.mark.realboot
 
@@ -53,29 +51,11 @@ TEMPLATES = {
                     "greeting={{ userdata['greeting'] }}\n"),
 }
 STEPS = ("hostname", "users", "ssh_keys", "host_keys", "userdata", "templates", "report_ready")
-HOST_TOOLS = ("mmdebstrap", "mkfs.ext4", "debugfs", "qemu-system-x86_64", "qemu-img", "socat",
-              "ssh", "ssh-keygen", "ssh-keyscan")
-# Guards, not measurements: TCG boots reach SSH in 20-30 s.
-SSH_DEADLINE = 300
-
-
-def _missing_prerequisites() -> list[str]:
-    missing = [t for t in HOST_TOOLS if not shutil.which(t)]
-    if os.geteuid() != 0:
-        missing.append("root (mmdebstrap --mode=root)")
-    return missing
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _prerequisites():
-    missing = _missing_prerequisites()
-    if missing:
-        message = ("real-boot test needs " + ", ".join(missing)
-                   + " (apt-get install mmdebstrap e2fsprogs qemu-system-x86 qemu-utils socat "
-                     "openssh-client)")
-        if os.environ.get("CI"):
-            pytest.fail(message)  # never skipped silently in CI
-        pytest.skip(message)
+    vmsession.require("the real-boot test", vmsession.missing_prerequisites())
 
 
 class Bench:
@@ -116,18 +96,9 @@ class Bench:
         """Power the VM on (the three boots' disk unless `disk`) against a fake serving its
         document; wait for the admin's SSH login. Returns (vm, fake) running; the caller
         powers off."""
-        fake = vmfake.FakeImds(self.document(vm_id, computer_name), self.workdir, name=label).start()
-        vm = vmqemu.VM(disk or self.disk, self.base.kernel, self.base.initrd, workdir=self.workdir,
-                       vm_uuid=vm_id, fake_port=fake.port, name=label)
-        try:
-            vm.boot()
-            print(f"\n[{label}] booting ({vm.accel}), console: {vm.console_log}", flush=True)
-            vm.wait_for_first_login(ADMIN, self.key, SSH_DEADLINE)
-        except BaseException:
-            vm.kill()
-            fake.stop()
-            raise
-        return vm, fake
+        return vmsession.power_on(self.base, disk or self.disk, self.workdir,
+                                  self.document(vm_id, computer_name), label=label, vm_id=vm_id,
+                                  admin=ADMIN, key=self.key, measured=True)
 
     def run(self, vm, cmd: str, ok: bool = True) -> str:
         rc, out = vm.ssh(ADMIN, self.key, cmd)

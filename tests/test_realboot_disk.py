@@ -25,11 +25,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import disk_images as images
-from test_realboot import ADMIN, SSH_DEADLINE, Bench, _missing_prerequisites
+from test_realboot import ADMIN, Bench
 
-from vm import fake as vmfake
 from vm import image as vmimage
-from vm import qemu as vmqemu
+from vm import session as vmsession
 
 pytestmark = pytest.mark.realboot
 
@@ -45,12 +44,8 @@ DISK_MB = 256
 
 @pytest.fixture(scope="module", autouse=True)
 def _prerequisites():
-    missing = _missing_prerequisites() + images.missing_tools()
-    if missing:
-        message = "the resource-disk real boot needs " + ", ".join(missing)
-        if __import__("os").environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    vmsession.require("the resource-disk real boot",
+                      vmsession.missing_prerequisites() + images.missing_tools())
 
 
 class DiskBench(Bench):
@@ -69,18 +64,9 @@ class DiskBench(Bench):
         self.images.mkdir()
 
     def boot_with(self, label: str, vm_id: str, disk: Path, drives: list[Path]):
-        fake = vmfake.FakeImds(self.document(vm_id, label), self.workdir, name=label).start()
-        vm = vmqemu.VM(disk, self.base.kernel, self.base.initrd, workdir=self.workdir, vm_uuid=vm_id,
-                       fake_port=fake.port, name=label, drives=drives)
-        try:
-            vm.boot()
-            print(f"\n[{label}] booting ({vm.accel}), console: {vm.console_log}", flush=True)
-            vm.wait_for_first_login(ADMIN, self.key, SSH_DEADLINE)
-        except BaseException:
-            vm.kill()
-            fake.stop()
-            raise
-        return vm, fake
+        return vmsession.power_on(self.base, disk, self.workdir, self.document(vm_id, label),
+                                  label=label, vm_id=vm_id, admin=ADMIN, key=self.key, measured=True,
+                                  drives=drives)
 
     def step_seconds(self, vm, step: str) -> float | None:
         """The step's time: from the line of the step before it to its own result line (guest

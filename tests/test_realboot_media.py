@@ -18,9 +18,7 @@ Run: flock /tmp/realboot.lock .venv/bin/pytest -m realboot -s -q tests/test_real
 from __future__ import annotations
 
 import copy
-import os
 import secrets
-import shutil
 import subprocess
 import sys
 import uuid
@@ -29,11 +27,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_realboot import SSH_DEADLINE, _missing_prerequisites  # noqa: E402
 
-from vm import fake as vmfake  # noqa: E402
 from vm import image as vmimage  # noqa: E402
-from vm import qemu as vmqemu  # noqa: E402
+from vm import session as vmsession  # noqa: E402
 
 pytestmark = pytest.mark.realboot
 
@@ -59,13 +55,8 @@ true
 
 @pytest.fixture(scope="module", autouse=True)
 def _prerequisites():
-    missing = _missing_prerequisites() + [t for t in ("sshpass", "xorriso", "genisoimage")
-                                          if not shutil.which(t)]
-    if missing:
-        message = "real boot with media needs " + ", ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    vmsession.require("the real boot with media",
+                      vmsession.missing_prerequisites(("sshpass", "xorriso", "genisoimage")))
 
 
 class MediaBench:
@@ -103,18 +94,8 @@ class MediaBench:
         return doc
 
     def boot(self, label: str, disk: Path, vm_id: str, name: str, cdrom: Path | None):
-        fake = vmfake.FakeImds(self.document(vm_id, name), self.workdir, name=label).start()
-        vm = vmqemu.VM(disk, self.base.kernel, self.base.initrd, workdir=self.workdir,
-                       vm_uuid=vm_id, fake_port=fake.port, name=label, cdrom=cdrom)
-        try:
-            vm.boot()
-            print(f"\n[{label}] booting ({vm.accel}), console: {vm.console_log}", flush=True)
-            vm.wait_for_ssh(ADMIN, self.key, SSH_DEADLINE)
-        except BaseException:
-            vm.kill()
-            fake.stop()
-            raise
-        return vm, fake
+        return vmsession.power_on(self.base, disk, self.workdir, self.document(vm_id, name),
+                                  label=label, vm_id=vm_id, admin=ADMIN, key=self.key, cdrom=cdrom)
 
     def run(self, vm, cmd: str, stdin: str | None = None) -> str:
         done = subprocess.run(vm.ssh_command(ADMIN, self.key, cmd), input=stdin or "",

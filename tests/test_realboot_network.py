@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -22,9 +20,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vm import fake as vmfake  # noqa: E402
 from vm import image as vmimage  # noqa: E402
 from vm import qemu as vmqemu  # noqa: E402
+from vm import session as vmsession  # noqa: E402
 
 pytestmark = pytest.mark.realboot
 
@@ -36,21 +34,11 @@ SECOND_MAC = "52:54:00:12:34:57"
 NIC1_DHCP, NIC1_SECONDARY, NIC1_PREFIX = "168.0.2.15", "168.0.0.100", 7
 NIC2_DHCP = "10.0.3.15"
 VM_ID = str(uuid.uuid4())
-HOST_TOOLS = ("mmdebstrap", "mkfs.ext4", "debugfs", "qemu-system-x86_64", "qemu-img", "socat",
-              "ssh", "ssh-keygen")
-SSH_DEADLINE = 300  # a guard, not a measurement
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _prerequisites():
-    missing = [t for t in HOST_TOOLS if not shutil.which(t)]
-    if os.geteuid() != 0:
-        missing.append("root (mmdebstrap --mode=root)")
-    if missing:
-        message = "real-boot test needs " + ", ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    vmsession.require("the network real boot", vmsession.missing_prerequisites())
 
 
 def hex12(mac: str) -> str:
@@ -93,18 +81,8 @@ class Guest:
         self.document = document(Path(f"{self.key}.pub").read_text().strip())
 
     def boot(self, label: str):
-        fake = vmfake.FakeImds(self.document, self.workdir, name=label).start()
-        vm = vmqemu.VM(self.disk, self.base.kernel, self.base.initrd, workdir=self.workdir,
-                       vm_uuid=VM_ID, fake_port=fake.port, name=label, second_nic_mac=SECOND_MAC)
-        try:
-            vm.boot()
-            print(f"\n[{label}] booting ({vm.accel}), console: {vm.console_log}", flush=True)
-            vm.wait_for_ssh(ADMIN, self.key, SSH_DEADLINE)
-        except BaseException:
-            vm.kill()
-            fake.stop()
-            raise
-        return vm, fake
+        return vmsession.power_on(self.base, self.disk, self.workdir, self.document, label=label,
+                                  vm_id=VM_ID, admin=ADMIN, key=self.key, second_nic_mac=SECOND_MAC)
 
     def run(self, vm, cmd: str) -> str:
         rc, out = vm.ssh(ADMIN, self.key, cmd)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -25,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vm import fake as vmfake  # noqa: E402
 from vm import image as vmimage  # noqa: E402
 from vm import qemu as vmqemu  # noqa: E402
+from vm import session as vmsession  # noqa: E402
 
 pytestmark = pytest.mark.realboot
 
@@ -61,21 +60,11 @@ TAGS = {
 LEFT_OUT = {"newline"}
 CONFIG = "templates:\n  - src: motd.j2\n    dest: /etc/motd\n"
 TEMPLATES = {"motd.j2": "Welcome to {{ hostname }} ({{ tags['env'] }}, {{ tags['quote'] }})\n"}
-SSH_DEADLINE = 300
-HOST_TOOLS = ("mmdebstrap", "mkfs.ext4", "debugfs", "qemu-system-x86_64", "qemu-img", "socat",
-              "ssh", "ssh-keygen")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _prerequisites():
-    missing = [t for t in HOST_TOOLS if not shutil.which(t)]
-    if os.geteuid() != 0:
-        missing.append("root (mmdebstrap --mode=root)")
-    if missing:
-        message = "real-boot test needs " + ", ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    vmsession.require("the tools' real boot", vmsession.missing_prerequisites())
 
 
 def document(vm_id: str, key: Path) -> dict:
@@ -120,7 +109,7 @@ def test_units_read_metadata_env_as_the_document_says(tmp_path):
         with vm:
             vm.boot()
             print(f"\n[tools] booting ({vm.accel}), console: {vm.console_log}", flush=True)
-            vm.wait_for_first_login(ADMIN, key, SSH_DEADLINE)
+            vm.wait_for_first_login(ADMIN, key, vmsession.SSH_DEADLINE)
 
             def run(cmd: str) -> str:
                 rc, out = vm.ssh(ADMIN, key, cmd)
