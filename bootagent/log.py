@@ -64,7 +64,9 @@ class Log:
         self._emit("error", message, step)
 
     def notify(self, text: str) -> None:
-        """sd_notify, spoken directly on the socket: no import, and a no-op outside systemd."""
+        """sd_notify, spoken directly on the socket: no import, and a no-op outside systemd.
+        Never blocks: a status line a busy manager has no room for is dropped, the boot
+        does not wait for it."""
         if not self._notify_socket:
             return
         import socket
@@ -75,7 +77,7 @@ class Log:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
                 sock.connect(address)
-                sock.sendall(text.encode())
+                sock.send(text.encode(), socket.MSG_DONTWAIT)
         except OSError:
             pass
 
