@@ -20,14 +20,13 @@ from bootagent import accounts, writer
 from bootagent.boot import Boot
 from bootagent.context import Context
 from bootagent.errors import DocumentError, StepError, UsageError
-from bootagent.imds.document import Instance, parse_body, parse_document
+from bootagent.imds.document import Instance, parse_document
 from bootagent.imds.userdata import MAX_DECODED, UserDataError, classify, decode
 from bootagent.state import InstanceState
 from bootagent.steps import StepResult, templates
 from bootagent.text import quoted
 
 MAX_TAGS_GIVEN = 1000
-MAX_METADATA_FILE = 4 << 20   # as `run --metadata-file`
 
 
 def render_one(ctx: Context, args) -> bytes:
@@ -148,9 +147,10 @@ def _document(ctx: Context, args) -> Instance:
     if args.metadata_file and args.imds_url:
         raise UsageError("render takes --metadata-file or --imds-url, not both")
     if args.metadata_file:
-        body = _read_host_file(args.metadata_file, MAX_METADATA_FILE, "--metadata-file")
+        from bootagent.runner import read_metadata_file
+
         try:
-            return parse_body(body, f"--metadata-file {args.metadata_file}")
+            return read_metadata_file(args.metadata_file)
         except DocumentError as err:
             raise UsageError(str(err)) from None
     if args.imds_url:
