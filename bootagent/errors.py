@@ -94,6 +94,12 @@ class ToolError(StepError):
         self.stdout = stdout
         self.stderr = stderr
 
+    def worded(self, *, missing: str, timeout: str, failed: str, unstartable: str = "") -> StepError:
+        """A StepError in the caller's words for this reason (unstartable: by default this
+        error's own "cannot run BINARY: why")."""
+        text = {"missing": missing, "timeout": timeout, "failed": failed, "unstartable": unstartable}
+        return StepError(text.get(self.reason) or str(self))
+
 
 class NotVerified(BootagentError):
     """An attested document that failed one check; `check` names it (`bootagent attest`)."""

@@ -77,14 +77,9 @@ def _chpasswd(ctx: Context, line: str) -> None:
         tools.run(["chpasswd", "-e", *([] if ctx.live else ["--root", ctx.root])], where=ctx,
                   timeout=TOOL_TIMEOUT, env={"PATH": tools.search_path(ctx), "LC_ALL": "C"}, stdin=line)
     except ToolError as err:
-        if err.reason == "missing":
-            raise StepError("chpasswd not found; install the distribution's passwd package "
-                            "(the password was not applied)") from None
-        if err.reason == "timeout":
-            raise StepError(f"chpasswd did not finish within {TOOL_TIMEOUT} s; "
-                            "the password was not applied") from None
-        if err.reason == "unstartable":
-            raise StepError(f"cannot run {err.binary}: {err.detail}") from None
         said = err.stderr.replace(line.strip(), "[hash]")
-        raise StepError(f"chpasswd -e failed (exit {err.exit_status}): {one_line(said)}; "
-                        "the password was not applied") from None
+        raise err.worded(missing="chpasswd not found; install the distribution's passwd package "
+                                 "(the password was not applied)",
+                         timeout=f"chpasswd did not finish within {TOOL_TIMEOUT} s; the password was not applied",
+                         failed=f"chpasswd -e failed (exit {err.exit_status}): {one_line(said)}; "
+                                "the password was not applied") from None

@@ -163,14 +163,10 @@ def _apply(ctx: Context, backend: str) -> None:
     try:
         tools.run(APPLY[backend], where=ctx, timeout=APPLY_TIMEOUT)
     except ToolError as err:
-        if err.reason == "missing":
-            raise StepError(f"{tool} not found (searched {err.search.strip(os.pathsep)}); the files are "
-                            f"written: run `{command}` or reboot") from None
-        if err.reason == "timeout":
-            raise StepError(f"`{command}` did not finish within {APPLY_TIMEOUT} s; the files are "
-                            "written and apply at the next boot") from None
-        if err.reason == "unstartable":
-            raise StepError(f"cannot run {err.binary}: {err.detail}") from None
-        raise StepError(f"`{command}` failed (exit {err.exit_status}): "
-                        f"{one_line(err.stderr or err.stdout or 'no message')}; the files are "
-                        "written and apply at the next boot") from None
+        raise err.worded(missing=f"{tool} not found (searched {err.search.strip(os.pathsep)}); the files are "
+                                 f"written: run `{command}` or reboot",
+                         timeout=f"`{command}` did not finish within {APPLY_TIMEOUT} s; the files are "
+                                 "written and apply at the next boot",
+                         failed=f"`{command}` failed (exit {err.exit_status}): "
+                                f"{one_line(err.stderr or err.stdout or 'no message')}; the files are "
+                                "written and apply at the next boot") from None

@@ -220,16 +220,12 @@ def _tool(ctx: Context, tool: str, *args: str) -> None:
         tools.run([tool, *([] if ctx.live else ["--root", ctx.root]), *args], where=ctx, timeout=TOOL_TIMEOUT,
                   env={"PATH": tools.search_path(ctx), "LC_ALL": "C"})
     except ToolError as err:
-        if err.reason == "missing":
-            raise StepError(f"{tool} not found (searched {err.search.strip(os.pathsep)}); "
-                            "install the distribution's passwd package") from None
-        if err.reason == "timeout":
-            raise StepError(f"{tool} for {args[-1]} did not finish within {TOOL_TIMEOUT} s; "
-                            "check the root's account databases and locks") from None
-        if err.reason == "unstartable":
-            raise StepError(f"cannot run {err.binary}: {err.detail}") from None
-        raise StepError(f"{tool} failed for {args[-1]} (exit {err.exit_status}): "
-                        f"{_summary(err.stderr)}") from None
+        raise err.worded(missing=f"{tool} not found (searched {err.search.strip(os.pathsep)}); "
+                                 "install the distribution's passwd package",
+                         timeout=f"{tool} for {args[-1]} did not finish within {TOOL_TIMEOUT} s; "
+                                 "check the root's account databases and locks",
+                         failed=f"{tool} failed for {args[-1]} (exit {err.exit_status}): "
+                                f"{_summary(err.stderr)}") from None
 
 
 def _summary(stderr: str) -> str:
