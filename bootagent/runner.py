@@ -165,16 +165,23 @@ def _host_keys_early(ctx: Context) -> bool:
 
 
 def read_metadata_file(path: str) -> Instance:
-    """The instance document in a file the caller named (`run` and `render --metadata-file`),
-    read up to MAX_METADATA_FILE bytes; DocumentError naming the file."""
+    """The instance document in a file the caller named (`run` and `render --metadata-file`);
+    DocumentError naming the file."""
+    body = read_caller_file(path, MAX_METADATA_FILE, "--metadata-file", DocumentError)
+    return parse_body(body, f"--metadata-file {path}")
+
+
+def read_caller_file(path: str, limit: int, what: str, error: type[BootagentError]) -> bytes:
+    """The bytes of a file the caller named (never taken under the root), at most `limit`;
+    `error` naming it when it cannot be read or is larger."""
     try:
         with open(path, "rb") as handle:
-            body = handle.read(MAX_METADATA_FILE + 1)
+            data = handle.read(limit + 1)
     except OSError as err:
-        raise DocumentError(f"cannot read --metadata-file {quoted(path)}: {err.strerror}; check the path") from None
-    if len(body) > MAX_METADATA_FILE:
-        raise DocumentError(f"--metadata-file {quoted(path)} is larger than {MAX_METADATA_FILE} bytes")
-    return parse_body(body, f"--metadata-file {path}")
+        raise error(f"cannot read {what} {quoted(path)}: {err.strerror}; check the path") from None
+    if len(data) > limit:
+        raise error(f"{what} {quoted(path)} is larger than {limit} bytes")
+    return data
 
 
 def _fetch(ctx: Context, metadata_file: str | None, imds_info: dict) -> Instance:
