@@ -29,7 +29,7 @@ def search_path(where: object) -> str:
     SYSTEM_BIN_DIRS."""
     env = getattr(where, "env", where)
     path = env.get("PATH", "") if isinstance(env, Mapping) else ""
-    return os.pathsep.join([path, *SYSTEM_BIN_DIRS])
+    return os.pathsep.join(part for part in (path, *SYSTEM_BIN_DIRS) if part)  # "" would be the cwd
 
 
 def which(where: object, name: str) -> str | None:
