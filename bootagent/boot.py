@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bootagent.accounts import Account
 from bootagent.imds.document import Instance
+from bootagent.imds.userdata import FIELD as USER_DATA_FIELD
 from bootagent.imds.userdata import UserData, UserDataError, classify, decode
 from bootagent.record import TYPE_CHECKING, Factory, Record
 from bootagent.state import InstanceState
@@ -30,60 +31,41 @@ class Boot(Record):
     results: dict[str, StepResult] = Factory(dict)
     hostname: str | None = None          # what the hostname step set or would set
     admin: Account | None = None         # the admin account once the users step has it
-    _user_data: UserData | None = None
-    _user_data_error: UserDataError | None = None
-    _decoded: bool = False
+    _decoded: dict = Factory(dict)       # field -> (UserData or None, UserDataError or None)
     media: Media | None = None           # the provisioning media, when one was read
     media_error: MediaError | None = None  # what refused it
     media_source: str | None = None
     media_looked: bool = False           # the media was looked for (provisioning_media not off)
-    _custom_data: UserData | None = None
-    _custom_data_error: UserDataError | None = None
-    _custom_decoded: bool = False
 
     def user_data(self) -> UserData | None:
         """The decoded userData, None when there is none; UserDataError when it is bad."""
-        if not self._decoded:
-            self._decoded = True
-            encoded = self.instance.user_data if self.instance else None
-            if encoded is not None:
-                try:
-                    self._user_data = classify(decode(encoded))
-                except UserDataError as err:
-                    self._user_data_error = err
-        if self._user_data_error is not None:
-            raise self._user_data_error
-        return self._user_data
+        return self.decode_once(USER_DATA_FIELD, self.instance.user_data if self.instance else None)
 
     def user_data_mapping(self) -> dict:
         """The YAML userData mapping, or {} (no userData, not YAML, or undecodable)."""
-        try:
-            found = self.user_data()
-        except UserDataError:
-            return {}
-        return found.mapping if found and found.mapping is not None else {}
+        return _mapping(self.user_data)
 
     def custom_data(self) -> UserData | None:
         """The media's customData decoded by the userData pipeline; None when there is none."""
-        if not self._custom_decoded:
-            self._custom_decoded = True
-            encoded = self.media.custom_data if self.media is not None else None
-            if encoded is not None:
-                try:
-                    self._custom_data = classify(decode(encoded, CUSTOM_DATA_FIELD), CUSTOM_DATA_FIELD)
-                except UserDataError as err:
-                    self._custom_data_error = err
-        if self._custom_data_error is not None:
-            raise self._custom_data_error
-        return self._custom_data
+        return self.decode_once(CUSTOM_DATA_FIELD, self.media.custom_data if self.media is not None else None)
 
     def custom_data_mapping(self) -> dict:
         """The YAML customData mapping read from the media on this boot, or {}."""
-        try:
-            found = self.custom_data()
-        except UserDataError:
-            return {}
-        return found.mapping if found and found.mapping is not None else {}
+        return _mapping(self.custom_data)
+
+    def decode_once(self, field: str, encoded: object) -> UserData | None:
+        """`encoded` (base64, as in `field`) decoded and classified on the first call for
+        `field`; later calls give the same value, or raise the same UserDataError."""
+        if field not in self._decoded:
+            try:
+                found = None if encoded is None else classify(decode(encoded, field), field)
+                self._decoded[field] = (found, None)
+            except UserDataError as err:
+                self._decoded[field] = (None, err)
+        found, error = self._decoded[field]
+        if error is not None:
+            raise error
+        return found
 
     def use_media(self, media, source: str) -> None:
         """Take the media's values where the document lacks them: IMDS stays the source of
@@ -108,3 +90,12 @@ class Boot(Record):
     def password(self) -> str | None:
         """The admin password the media gave (plain text: never log, print or store it)."""
         return self.media.password if self.media is not None else None
+
+
+def _mapping(decoded) -> dict:
+    """The YAML mapping `decoded()` gives, or {} (none, not YAML, or undecodable)."""
+    try:
+        found = decoded()
+    except UserDataError:
+        return {}
+    return found.mapping if found and found.mapping is not None else {}

@@ -9,6 +9,7 @@
     ├── StepError (1)             a provisioning step could not do its job
     │   ├── UnsafePath (1)        a path leaves the root, passes through a symlink or is not a file
     │   ├── TooLarge (1)          a file is larger than its reader allows
+    │   ├── ToolError (1)         a system tool is missing, hung, would not start or failed
     │   └── MediaError (1)        the provisioning media (ovf-env.xml) is refused or unreadable
     └── NotVerified (1)           an attested document failed a check (`bootagent attest`)
 
@@ -73,6 +74,31 @@ class UnsafePath(StepError):
 
 class TooLarge(StepError):
     pass
+
+
+class ToolError(StepError):
+    """A system tool (bootagent/tools.py) that did not do its job. `reason` is "missing",
+    "timeout", "unstartable" (the OSError's text in `detail`) or "failed" (`exit_status`,
+    `stdout`, `stderr`): callers word their own message from these."""
+
+    def __init__(self, message: str, *, tool: str, reason: str, binary: str | None = None,
+                 search: str = "", detail: str = "", exit_status: int | None = None,
+                 stdout: str = "", stderr: str = ""):
+        super().__init__(message)
+        self.tool = tool
+        self.reason = reason
+        self.binary = binary
+        self.search = search
+        self.detail = detail
+        self.exit_status = exit_status
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def worded(self, *, missing: str, timeout: str, failed: str, unstartable: str = "") -> StepError:
+        """A StepError in the caller's words for this reason (unstartable: by default this
+        error's own "cannot run BINARY: why")."""
+        text = {"missing": missing, "timeout": timeout, "failed": failed, "unstartable": unstartable}
+        return StepError(text.get(self.reason) or str(self))
 
 
 class NotVerified(BootagentError):

@@ -9,17 +9,13 @@ of some systems (bcrypt) would silently cut it.
 
 from __future__ import annotations
 
-import os
-import shutil
-
-from bootagent import writer
+from bootagent import tools, writer
 from bootagent.context import Context
-from bootagent.errors import StepError
+from bootagent.errors import StepError, ToolError
 from bootagent.text import one_line
 
 FIELD = "ovf-env.xml UserPassword"
 MAX_BYTES = 72
-SYSTEM_BIN_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 TOOL_TIMEOUT = 60
 
 
@@ -76,23 +72,14 @@ def _shadow_hash(ctx: Context, name: str) -> str | None:
 
 
 def _chpasswd(ctx: Context, line: str) -> None:
-    import subprocess
-
-    search = os.pathsep.join([ctx.env.get("PATH", ""), *SYSTEM_BIN_DIRS])
-    binary = shutil.which("chpasswd", path=search)
-    if binary is None:
-        raise StepError("chpasswd not found; install the distribution's passwd package "
-                        "(the password was not applied)")
-    command = [binary, "-e", *([] if ctx.live else ["--root", ctx.root])]
+    """`line` (name:hash) to `chpasswd -e` on its stdin: never on its command line."""
     try:
-        done = subprocess.run(command, input=line.encode(), capture_output=True, timeout=TOOL_TIMEOUT,
-                              env={"PATH": search, "LC_ALL": "C"})
-    except subprocess.TimeoutExpired:
-        raise StepError(f"chpasswd did not finish within {TOOL_TIMEOUT} s; "
-                        "the password was not applied") from None
-    except OSError as err:
-        raise StepError(f"cannot run {binary}: {err.strerror}") from None
-    if done.returncode != 0:
-        said = done.stderr.decode("utf-8", "replace").replace(line.strip(), "[hash]")
-        raise StepError(f"chpasswd -e failed (exit {done.returncode}): {one_line(said)}; "
-                        "the password was not applied")
+        tools.run(["chpasswd", "-e", *([] if ctx.live else ["--root", ctx.root])], where=ctx,
+                  timeout=TOOL_TIMEOUT, env={"PATH": tools.search_path(ctx), "LC_ALL": "C"}, stdin=line)
+    except ToolError as err:
+        said = err.stderr.replace(line.strip(), "[hash]")
+        raise err.worded(missing="chpasswd not found; install the distribution's passwd package "
+                                 "(the password was not applied)",
+                         timeout=f"chpasswd did not finish within {TOOL_TIMEOUT} s; the password was not applied",
+                         failed=f"chpasswd -e failed (exit {err.exit_status}): {one_line(said)}; "
+                                "the password was not applied") from None

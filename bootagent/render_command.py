@@ -20,14 +20,14 @@ from bootagent import accounts, writer
 from bootagent.boot import Boot
 from bootagent.context import Context
 from bootagent.errors import DocumentError, StepError, UsageError
-from bootagent.imds.document import Instance, parse_body, parse_document
-from bootagent.imds.userdata import MAX_DECODED, UserDataError, classify, decode
+from bootagent.imds.document import Instance, parse_document
+from bootagent.imds.userdata import FIELD as USER_DATA_FIELD
+from bootagent.imds.userdata import MAX_DECODED, UserDataError
 from bootagent.state import InstanceState
 from bootagent.steps import StepResult, templates
 from bootagent.text import quoted
 
 MAX_TAGS_GIVEN = 1000
-MAX_METADATA_FILE = 4 << 20   # as `run --metadata-file`
 
 
 def render_one(ctx: Context, args) -> bytes:
@@ -99,15 +99,10 @@ def template_text(ctx: Context, src: str) -> str:
 
 
 def _read_host_file(path: str, limit: int, what: str) -> bytes:
-    """A file the caller named (never taken under the root)."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError as err:
-        raise UsageError(f"cannot read {what} {quoted(path)}: {err.strerror}; check the path") from None
-    if len(data) > limit:
-        raise UsageError(f"{what} {quoted(path)} is larger than {limit} bytes")
-    return data
+    """A file the caller named (never taken under the root); UsageError when unreadable."""
+    from bootagent.runner import read_caller_file
+
+    return read_caller_file(path, limit, what, UsageError)
 
 
 def _renderer_and_context(ctx: Context, args):
@@ -129,11 +124,10 @@ def _boot(ctx: Context, args) -> Boot:
     boot = Boot(instance, InstanceState({"steps": {}}), api_version=ctx.config.imds.api_version)
     if args.userdata:
         data = _read_host_file(args.userdata, MAX_DECODED, "the userData file")
-        boot._decoded = True
         try:  # the document's pipeline from its base64 on: a gzip file is unpacked as at boot
-            boot._user_data = classify(decode(base64.b64encode(data).decode("ascii")))
-        except UserDataError as err:
-            boot._user_data_error = err
+            boot.decode_once(USER_DATA_FIELD, base64.b64encode(data).decode("ascii"))
+        except UserDataError:
+            pass  # kept: the userData and templates steps meet it as at boot
     if ctx.config.hostname.enabled:
         from bootagent.steps.hostname import choose_hostname
 
@@ -148,9 +142,10 @@ def _document(ctx: Context, args) -> Instance:
     if args.metadata_file and args.imds_url:
         raise UsageError("render takes --metadata-file or --imds-url, not both")
     if args.metadata_file:
-        body = _read_host_file(args.metadata_file, MAX_METADATA_FILE, "--metadata-file")
+        from bootagent.runner import read_metadata_file
+
         try:
-            return parse_body(body, f"--metadata-file {args.metadata_file}")
+            return read_metadata_file(args.metadata_file)
         except DocumentError as err:
             raise UsageError(str(err)) from None
     if args.imds_url:

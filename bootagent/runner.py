@@ -31,7 +31,7 @@ from bootagent.imds.document import Instance, parse_body
 from bootagent.log import log, log_step
 from bootagent.state import InstanceState, run_lock
 from bootagent.steps import StepResult
-from bootagent.text import one_line
+from bootagent.text import one_line, quoted
 
 PER_INSTANCE = ("hostname", "users", "ssh_keys", "userdata", "customdata")
 MEDIA_STEPS = ("hostname", "users", "ssh_keys", "customdata")   # the steps that read the media
@@ -164,6 +164,26 @@ def _host_keys_early(ctx: Context) -> bool:
     return host_keys.dmi_uuid(ctx) is not None
 
 
+def read_metadata_file(path: str) -> Instance:
+    """The instance document in a file the caller named (`run` and `render --metadata-file`);
+    DocumentError naming the file."""
+    body = read_caller_file(path, MAX_METADATA_FILE, "--metadata-file", DocumentError)
+    return parse_body(body, f"--metadata-file {path}")
+
+
+def read_caller_file(path: str, limit: int, what: str, error: type[BootagentError]) -> bytes:
+    """The bytes of a file the caller named (never taken under the root), at most `limit`;
+    `error` naming it when it cannot be read or is larger."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as err:
+        raise error(f"cannot read {what} {quoted(path)}: {err.strerror}; check the path") from None
+    if len(data) > limit:
+        raise error(f"{what} {quoted(path)} is larger than {limit} bytes")
+    return data
+
+
 def _fetch(ctx: Context, metadata_file: str | None, imds_info: dict) -> Instance:
     """The document; imds_info gets the requests made and `duration_ms`, from the first
     request (or opening the file) to the document or the failure."""
@@ -176,14 +196,7 @@ def _fetch(ctx: Context, metadata_file: str | None, imds_info: dict) -> Instance
 
 def _fetch_untimed(ctx: Context, metadata_file: str | None, imds_info: dict) -> Instance:
     if metadata_file:
-        try:
-            with open(metadata_file, "rb") as handle:
-                body = handle.read(MAX_METADATA_FILE + 1)
-        except OSError as err:
-            raise DocumentError(f"cannot read --metadata-file {metadata_file}: {err.strerror}") from None
-        if len(body) > MAX_METADATA_FILE:
-            raise DocumentError(f"--metadata-file {metadata_file} is larger than {MAX_METADATA_FILE} bytes")
-        return parse_body(body, f"--metadata-file {metadata_file}")
+        return read_metadata_file(metadata_file)
     from bootagent.http import Http
     from bootagent.imds.client import ImdsClient
 

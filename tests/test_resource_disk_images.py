@@ -11,6 +11,7 @@ from pathlib import Path
 import disk_images as images
 import pytest
 
+from bootagent import tools
 from bootagent.disk import fresh, prepare, probe
 from bootagent.errors import StepError
 
@@ -159,8 +160,8 @@ def test_an_ntfs_that_cannot_be_read_is_left(work):
 
 
 def test_without_ntfs_tools_only_the_azure_label_counts(work, monkeypatch):
-    real_which = probe.which
-    monkeypatch.setattr(probe, "which", lambda name: None if name == "ntfsls" else real_which(name))
+    real_which = tools.which
+    monkeypatch.setattr(tools, "which", lambda where, name: None if name == "ntfsls" else real_which(where, name))
     image = images.azure_fresh(work / "disk.img", work)
     verdict, facts = verdict_of(image)
     assert not facts.ntfs_readable and facts.parts[0].entries is None
@@ -200,7 +201,7 @@ def test_mkfs_missing_or_failing_is_one_clear_line(work, monkeypatch):
     with pytest.raises(StepError) as caught:
         prepare.mkfs(str(image), "ext4", size_kib=1)  # too small for ext4
     assert str(caught.value).startswith(f"mkfs.ext4 failed on {image}: ") and "\n" not in str(caught.value)
-    monkeypatch.setattr(probe, "SYSTEM_BIN_DIRS", ())
+    monkeypatch.setattr(tools, "SYSTEM_BIN_DIRS", ())
     monkeypatch.setenv("PATH", str(work))
     with pytest.raises(StepError) as caught:
         prepare.mkfs(str(image), "ext4")

@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from bootagent import tools
 from bootagent.accounts import Account
 from bootagent.boot import Boot
 from bootagent.errors import StepError
@@ -157,7 +158,7 @@ def test_useradd_failing_is_one_clear_line(make_ctx, root, document):
 
 
 def test_useradd_not_found(make_ctx, root, document, tmp_path, monkeypatch):
-    monkeypatch.setattr(users, "SYSTEM_BIN_DIRS", ())
+    monkeypatch.setattr(tools, "SYSTEM_BIN_DIRS", ())
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     with pytest.raises(StepError) as caught:

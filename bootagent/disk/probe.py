@@ -12,43 +12,35 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import stat
-import subprocess
 
+from bootagent import tools
 from bootagent.disk.find import Mount
 from bootagent.disk.fresh import Facts, Part
-from bootagent.errors import StepError
+from bootagent.errors import StepError, ToolError
 from bootagent.text import one_line
 
-SYSTEM_BIN_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 TOOL_TIMEOUT = 120
 MAX_NTFS_COPY = 1 << 30  # a test image's partition; a real one is read through its device
 # C.UTF-8: ntfsls skips (with a message) a name it cannot show in the locale's charset
-TOOL_ENV = {"LC_ALL": "C.UTF-8", "PATH": ":".join(SYSTEM_BIN_DIRS)}
+TOOL_ENV = {"LC_ALL": "C.UTF-8", "PATH": ":".join(tools.SYSTEM_BIN_DIRS)}
 
 
 class ToolMissing(StepError):
     pass
 
 
-def which(name: str) -> str | None:
-    return shutil.which(name, path=os.pathsep.join((os.environ.get("PATH", ""),) + SYSTEM_BIN_DIRS))
-
-
 def run_tool(argv: list[str], what: str, package: str) -> tuple[int, str, str]:
     """(exit status, stdout, stderr) of a tool; ToolMissing / StepError when it cannot run."""
-    path = which(argv[0])
-    if path is None:
-        raise ToolMissing(f"{argv[0]} is missing, so {what} is not possible; install {package}")
     try:
-        done = subprocess.run([path] + argv[1:], capture_output=True, text=True, errors="replace",
-                              timeout=TOOL_TIMEOUT, env=TOOL_ENV, stdin=subprocess.DEVNULL, check=False)
-    except subprocess.TimeoutExpired:
-        raise StepError(f"{argv[0]} did not finish within {TOOL_TIMEOUT} s ({what})") from None
-    except OSError as err:
-        raise StepError(f"cannot run {argv[0]} ({what}): {err.strerror}") from None
-    return done.returncode, done.stdout, done.stderr
+        done = tools.run(argv, where=os.environ, timeout=TOOL_TIMEOUT, env=TOOL_ENV, check=False)
+    except ToolError as err:
+        if err.reason == "missing":
+            raise ToolMissing(f"{argv[0]} is missing, so {what} is not possible; install {package}") from None
+        if err.reason == "timeout":
+            raise StepError(f"{argv[0]} did not finish within {TOOL_TIMEOUT} s ({what})") from None
+        raise StepError(f"cannot run {argv[0]} ({what}): {err.detail}") from None
+    return done
 
 
 def is_block(path: str) -> bool:
@@ -185,7 +177,7 @@ def probe(device: str, kind: str, mounts: list[Mount]) -> Facts:
     label, rows, table_error = partition_table(device)
     whole = signature(device)
     mounted_at, busy = _mount_of(device, mounts)
-    ntfs_readable = which("ntfsls") is not None
+    ntfs_readable = tools.which(os.environ, "ntfsls") is not None
     parts = []
     for row in rows:
         number = int("".join(c for c in row["node"][-3:] if c.isdigit()) or 0)

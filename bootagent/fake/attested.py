@@ -26,7 +26,7 @@ from pathlib import Path
 from bootagent.attest.claims import CLOUD_DOMAINS, PUBLIC_DOMAIN
 
 from . import pki
-from .imds import check_api_version, refuse_unsafe
+from .imds import refuse_newer_get
 from .messages import Reply, Request, compact_json, error_reply, json_reply
 
 ATTESTED_PATH = "/metadata/attested/document"
@@ -73,10 +73,7 @@ class AttestedEndpoint:
                 self._directory, self.signer, self.ca_cert = None, None, None
 
     def reply(self, request: Request, document: dict, versions: tuple[str, ...]) -> Reply:
-        if request.method != "GET":
-            return error_reply(405, "Method not allowed")
-        usable = tuple(v for v in versions if v >= ATTESTED_SINCE)
-        refusal = refuse_unsafe(request) or check_api_version(request, usable)
+        refusal = refuse_newer_get(request, versions, ATTESTED_SINCE)
         if refusal:
             return refusal
         query = request.query_dict()

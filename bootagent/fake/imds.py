@@ -105,6 +105,13 @@ def check_api_version(request: Request, versions: tuple[str, ...]) -> Reply | No
     return None
 
 
+def refuse_newer_get(request: Request, versions: tuple[str, ...], since: str) -> Reply | None:
+    """The checks of an endpoint that answers GET only, from api-version `since` on."""
+    if request.method != "GET":
+        return error_reply(405, "Method not allowed")
+    return refuse_unsafe(request) or check_api_version(request, tuple(v for v in versions if v >= since))
+
+
 def versions_reply(request: Request, versions: tuple[str, ...]) -> Reply:
     """GET /metadata/versions: unversioned, but still behind the header checks."""
     return refuse_unsafe(request) or json_reply(200, {"apiVersions": sorted(versions)})

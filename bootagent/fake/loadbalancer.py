@@ -8,18 +8,15 @@ from __future__ import annotations
 
 from bootagent.imds.versions import LOADBALANCER_SINCE
 
-from .imds import check_api_version, refuse_unsafe
-from .messages import Reply, Request, error_reply, json_reply
+from .imds import refuse_newer_get
+from .messages import Reply, Request, json_reply
 
 LOADBALANCER_PATH = "/metadata/loadbalancer"
 EMPTY: dict[str, list] = {"publicIpAddresses": [], "inboundRules": [], "outboundRules": []}
 
 
 def loadbalancer_reply(request: Request, document: dict, versions: tuple[str, ...]) -> Reply:
-    if request.method != "GET":
-        return error_reply(405, "Method not allowed")
-    usable = tuple(v for v in versions if v >= LOADBALANCER_SINCE)
-    refusal = refuse_unsafe(request) or check_api_version(request, usable)
+    refusal = refuse_newer_get(request, versions, LOADBALANCER_SINCE)
     if refusal:
         return refusal
     served = document.get("loadbalancer")

@@ -25,7 +25,6 @@ READ_LIMIT = (1 << 20) + 1          # the parser refuses anything larger; read o
 TOOL_TIMEOUT = 30
 CD_FILESYSTEMS = ("udf", "iso9660")
 MOUNT_DIR = "/run/bootagent"
-SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class Found(Record, frozen=True):
@@ -187,18 +186,19 @@ def _from_directory(directory: str) -> Found | None:
 
 
 def _tool(*argv: str) -> tuple[int, str]:
-    import subprocess
+    """(exit status, stderr) of a system tool, found in the system's bin directories only;
+    127, 124, 126 (as a shell says) when it is missing, hangs or cannot start."""
+    from bootagent import tools
+    from bootagent.errors import ToolError
 
     try:
-        done = subprocess.run(list(argv), capture_output=True, timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL,
-                              env={"PATH": SYSTEM_PATH, "LC_ALL": "C"})
-    except FileNotFoundError:
-        return 127, f"{argv[0]} not found"
-    except subprocess.TimeoutExpired:
-        return 124, f"{argv[0]} did not finish within {TOOL_TIMEOUT} s"
-    except OSError as err:
-        return 126, err.strerror or type(err).__name__
-    return done.returncode, done.stderr.decode("utf-8", "replace")
+        done = tools.run(argv, where={}, timeout=TOOL_TIMEOUT, check=False,
+                         env={"PATH": os.pathsep.join(tools.SYSTEM_BIN_DIRS), "LC_ALL": "C"})
+    except ToolError as err:
+        status = {"missing": 127, "timeout": 124}.get(err.reason, 126)
+        said = {"missing": f"{argv[0]} not found", "timeout": f"{argv[0]} did not finish within {TOOL_TIMEOUT} s"}
+        return status, said.get(err.reason, err.detail)
+    return done.exit_status, done.stderr
 
 
 def _from_device(ctx: Context, device: str) -> Found | None:
@@ -249,21 +249,24 @@ def _extract_iso(path: str, label: str) -> bytes:
     import shutil
     import tempfile
 
+    from bootagent import tools
+
     work = tempfile.mkdtemp(prefix="bootagent-media.")
     try:
         out = os.path.join(work, FILE_NAME)
-        if shutil.which("xorriso", path=SYSTEM_PATH):
+        if tools.which({}, "xorriso"):
             code, err = _tool("xorriso", "-osirrox", "on", "-indev", path,
                               "-extract", f"/{FILE_NAME}", out)
             if code == 0 and os.path.isfile(out):
                 return _read(out)
             raise MediaError(f"{label}: no /{FILE_NAME} in the ISO image "
                              f"(xorriso: {quoted(one_line(err, 120), 140)})")
-        if shutil.which("isoinfo", path=SYSTEM_PATH):
+        isoinfo = tools.which({}, "isoinfo")
+        if isoinfo:
             import subprocess
 
             with open(out, "wb") as handle:
-                done = subprocess.run(["isoinfo", "-R", "-J", "-i", path, "-x", f"/{FILE_NAME}"],
+                done = subprocess.run([isoinfo, "-R", "-J", "-i", path, "-x", f"/{FILE_NAME}"],
                                       stdout=handle, stderr=subprocess.PIPE, timeout=TOOL_TIMEOUT,
                                       stdin=subprocess.DEVNULL)
             data = _read(out)

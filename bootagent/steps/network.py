@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import os
 
-from bootagent import netconf, writer
+from bootagent import netconf, tools, writer
 from bootagent.boot import Boot
 from bootagent.context import Context
-from bootagent.errors import StepError
+from bootagent.errors import StepError, ToolError
 from bootagent.steps import StepResult
 from bootagent.text import one_line
 
 NETPLAN_BIN = "/usr/sbin/netplan"
 UNITS_DIR = "/etc/systemd/system"
 NETWORKD_UNIT = "systemd-networkd.service"
-SYSTEM_BIN_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 APPLY = {"networkd": ("networkctl", "reload"), "netplan": ("netplan", "apply")}
 APPLY_TIMEOUT = 60
 
@@ -159,25 +158,15 @@ def _write_netplan(ctx: Context, nics: list) -> list[str]:
 
 def _apply(ctx: Context, backend: str) -> None:
     """Tell the running backend; it brings the addresses up on its own time."""
-    import shutil
-    import subprocess
-
-    tool, *args = APPLY[backend]
-    search = os.pathsep.join([ctx.env.get("PATH", ""), *SYSTEM_BIN_DIRS])
-    binary = shutil.which(tool, path=search)
+    tool = APPLY[backend][0]
     command = " ".join(APPLY[backend])
-    if binary is None:
-        raise StepError(f"{tool} not found (searched {search.strip(os.pathsep)}); the files are "
-                        f"written: run `{command}` or reboot")
     try:
-        done = subprocess.run([binary, *args], capture_output=True, text=True, errors="replace",
-                              timeout=APPLY_TIMEOUT, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise StepError(f"`{command}` did not finish within {APPLY_TIMEOUT} s; the files are "
-                        "written and apply at the next boot") from None
-    except OSError as err:
-        raise StepError(f"cannot run {binary}: {err.strerror}") from None
-    if done.returncode != 0:
-        raise StepError(f"`{command}` failed (exit {done.returncode}): "
-                        f"{one_line(done.stderr or done.stdout or 'no message')}; the files are "
-                        "written and apply at the next boot")
+        tools.run(APPLY[backend], where=ctx, timeout=APPLY_TIMEOUT)
+    except ToolError as err:
+        raise err.worded(missing=f"{tool} not found (searched {err.search.strip(os.pathsep)}); the files are "
+                                 f"written: run `{command}` or reboot",
+                         timeout=f"`{command}` did not finish within {APPLY_TIMEOUT} s; the files are "
+                                 "written and apply at the next boot",
+                         failed=f"`{command}` failed (exit {err.exit_status}): "
+                                f"{one_line(err.stderr or err.stdout or 'no message')}; the files are "
+                                "written and apply at the next boot") from None

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 
-from bootagent import accounts, writer
+from bootagent import accounts, tools, writer
 from bootagent.boot import Boot
 from bootagent.context import Context
-from bootagent.errors import StepError
+from bootagent.errors import StepError, ToolError
 from bootagent.log import log
 from bootagent.steps import StepResult
 from bootagent.text import one_line, quoted
@@ -27,8 +25,6 @@ from bootagent.text import one_line, quoted
 STEP = "users"
 NAME_FIELD = "compute.osProfile.adminUsername"
 PASSWORD_FIELD = "compute.osProfile.disablePasswordAuthentication"
-# searched after the context's PATH: a `su` shell on Debian has no sbin in its PATH
-SYSTEM_BIN_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 TOOL_TIMEOUT = 60
 SUDOERS_DIR = "/etc/sudoers.d"
 SUDOERS_FILE = f"{SUDOERS_DIR}/90-bootagent-users"  # no '.' in the name: sudo would skip it
@@ -220,24 +216,16 @@ def _databases(ctx: Context) -> dict[str, bytes | None]:
 
 def _tool(ctx: Context, tool: str, *args: str) -> None:
     """Run useradd/usermod on the root (`--root` unless live); StepError with one line on failure."""
-    search = os.pathsep.join([ctx.env.get("PATH", ""), *SYSTEM_BIN_DIRS])
-    binary = shutil.which(tool, path=search)
-    if binary is None:
-        raise StepError(f"{tool} not found (searched {search.strip(os.pathsep)}); "
-                        "install the distribution's passwd package")
-    command = [binary, *([] if ctx.live else ["--root", ctx.root]), *args]
-    env = {"PATH": search, "LC_ALL": "C"}
     try:
-        done = subprocess.run(command, capture_output=True, text=True, errors="replace",
-                              timeout=TOOL_TIMEOUT, env=env, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise StepError(f"{tool} for {args[-1]} did not finish within {TOOL_TIMEOUT} s; "
-                        "check the root's account databases and locks") from None
-    except OSError as err:
-        raise StepError(f"cannot run {binary}: {err.strerror}") from None
-    if done.returncode != 0:
-        raise StepError(f"{tool} failed for {args[-1]} (exit {done.returncode}): "
-                        f"{_summary(done.stderr)}")
+        tools.run([tool, *([] if ctx.live else ["--root", ctx.root]), *args], where=ctx, timeout=TOOL_TIMEOUT,
+                  env={"PATH": tools.search_path(ctx), "LC_ALL": "C"})
+    except ToolError as err:
+        raise err.worded(missing=f"{tool} not found (searched {err.search.strip(os.pathsep)}); "
+                                 "install the distribution's passwd package",
+                         timeout=f"{tool} for {args[-1]} did not finish within {TOOL_TIMEOUT} s; "
+                                 "check the root's account databases and locks",
+                         failed=f"{tool} failed for {args[-1]} (exit {err.exit_status}): "
+                                f"{_summary(err.stderr)}") from None
 
 
 def _summary(stderr: str) -> str:
