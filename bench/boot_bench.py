@@ -223,6 +223,15 @@ def table(report: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
+def interpreter_of(script: Path) -> str:
+    """The interpreter a console script's #! line names (Debian's: /usr/bin/python3)."""
+    with open(script, "rb") as handle:
+        first = handle.readline().decode("utf-8", "replace")
+    if not first.startswith("#!"):
+        raise SystemExit(f"{script} has no #! line: is it a console script?")
+    return first[2:].split()[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
@@ -232,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="time the development venv's (editable) install instead of a regular one")
     parser.add_argument("--source", type=Path, default=REPO,
                         help="install bootagent from this tree (e.g. a git worktree of an older commit)")
+    parser.add_argument("--installed", type=Path, metavar="BOOTAGENT",
+                        help="time this installed command (e.g. /usr/bin/bootagent of the Debian "
+                             "package) instead of installing from a tree; its #! interpreter is the floor")
     parser.add_argument("--install-anchor", action="store_true", help="apt-get install -y cloud-init first")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--check", action="store_true", help="exit 1 when a budget is not met")
@@ -243,9 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["apt-get", "install", "-y", "cloud-init"], check=True,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     anchor = shutil.which("cloud-init")
-    venv = DEV_VENV if args.editable else install_bench_venv(args.source.resolve())
-    bootagent = str(venv / "bin" / "bootagent")
-    python = str(venv / "bin" / "python")
+    if args.installed:
+        bootagent = str(args.installed)
+        python = interpreter_of(args.installed)
+    else:
+        venv = DEV_VENV if args.editable else install_bench_venv(args.source.resolve())
+        bootagent = str(venv / "bin" / "bootagent")
+        python = str(venv / "bin" / "python")
     floor = [os.path.realpath(python), "-c", "pass"]
 
     workdir = Path(tempfile.mkdtemp(prefix="bootagent-bench-"))
@@ -260,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         report = {"machine": machine(), "bootagent": bootagent,
                   "anchor": subprocess.run([anchor, "--version"], capture_output=True, text=True,
                                            env=bench.env).stdout.strip() if anchor else None,
-                  "install": "editable (development venv)" if args.editable
-                  else "regular install in a venv without pip/setuptools",
+                  "install": (f"installed command, run by {python}" if args.installed
+                              else "editable (development venv)" if args.editable
+                              else "regular install in a venv without pip/setuptools"),
                   "anchor_present": bool(anchor), "budgets": {**BUDGETS, "rss_mib": RSS_BUDGET_MIB},
                   "commands": {name: bench.samples[name].summary(anchor_median, anchor_cpu)
                                for name in LABELS if name in bench.samples}}
