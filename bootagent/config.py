@@ -124,7 +124,17 @@ def one_of(*choices: str) -> Callable[[object], str]:
     return check
 
 
+def off_as_written(value: object) -> object:
+    """YAML 1.1 reads an unquoted `off` as false: the user wrote off, and meant it."""
+    return "off" if value is False else value
+
+
+def host_keys_mode(value: object) -> str:
+    return one_of("regenerate", "keep", "off")(off_as_written(value))
+
+
 def auto_off_or_path(value: object) -> str:
+    value = off_as_written(value)
     if value in ("auto", "off"):
         return value
     try:
@@ -165,7 +175,7 @@ SCHEMA: tuple[tuple[str, Callable[[object], Any], object], ...] = (
     ("users.groups", group_names, ("sudo",)),
     ("users.sudo", boolean, True),
     ("ssh.enabled", boolean, True),
-    ("ssh.host_keys", one_of("regenerate", "keep", "off"), "regenerate"),
+    ("ssh.host_keys", host_keys_mode, "regenerate"),
     ("userdata.run_scripts", boolean, True),
     ("userdata.script_timeout", seconds, 300),
     ("azure.report_ready", auto_or_boolean, "auto"),

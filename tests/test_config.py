@@ -275,3 +275,22 @@ def test_the_typed_config_is_frozen_and_read_by_attribute(root):
     assert loaded.users.groups == ("sudo",)
     with pytest.raises(AttributeError):
         loaded.users.sudo = False
+
+
+@pytest.mark.parametrize("text,read", [
+    ("ssh:\n  host_keys: off\n", lambda c: c.ssh.host_keys),
+    ("azure:\n  provisioning_media: off\n", lambda c: c.azure.provisioning_media),
+])
+def test_an_unquoted_off_is_the_word_off(root, text, read):
+    """YAML 1.1 reads an unquoted `off` as false; `host_keys: off` as the README shows it
+    was refused as "not False"."""
+    write_config(root, text)
+    assert read(config.load(Context(root=str(root)))) == "off"
+
+
+@pytest.mark.parametrize("text", ["ssh:\n  host_keys: true\n", "ssh:\n  host_keys: no_keys\n",
+                                  "azure:\n  provisioning_media: on\n"])
+def test_other_booleans_are_still_refused_where_a_word_is_meant(root, text):
+    write_config(root, text)
+    with pytest.raises(ConfigError):
+        config.load(Context(root=str(root)))
