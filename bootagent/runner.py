@@ -227,15 +227,14 @@ def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job
         _read_media(ctx, boot, provisioning_media)
     preprovisioned = getattr(boot.media_error, "reason", None) == "preprovisioned"
     for name in PER_INSTANCE:
-        if preprovisioned and name != "customdata":
-            boot.results[name] = StepResult.skipped("a pre-provisioned VM: not provisioned")
-            log_step(ctx, name, boot.results[name])
-            continue
-        _per_instance(ctx, boot, name)
+        if preprovisioned and name != "customdata":  # customdata says why: the media's refusal
+            _not_provisioned(ctx, boot, name)
+        else:
+            _per_instance(ctx, boot, name)
     for name, step in (("network", network.run), ("resource_disk", _resource_disk),
                        ("templates", templates.run), ("metadata_env", _metadata_env)):
         if preprovisioned:
-            boot.results[name] = StepResult.skipped("a pre-provisioned VM: not provisioned")
+            _not_provisioned(ctx, boot, name)
         else:
             _step(ctx, boot, name, step)
     # joined as late as it can be: while the early unit makes the keys, the steps above run
@@ -249,11 +248,19 @@ def _provision(ctx: Context, instance: Instance, api_version: str, host_keys_job
     return boot
 
 
+def _not_provisioned(ctx: Context, boot: Boot, name: str) -> None:
+    """A pre-provisioned pool's placeholder identity gets none of this step."""
+    boot.results[name] = StepResult.skipped("a pre-provisioned VM: not provisioned")
+    log_step(ctx, name, boot.results[name])
+
+
 def _resource_disk(ctx: Context, boot: Boot) -> StepResult:
     """The resource_disk step, its module imported only when it runs."""
     from bootagent.steps import resource_disk
 
     return resource_disk.run(ctx, boot)
+
+
 def _metadata_env(ctx: Context, boot: Boot) -> StepResult:
     """/run/bootagent/metadata.env and instance.json, for units ordered after ours."""
     from bootagent import metadata_env
