@@ -71,15 +71,6 @@ def http_url(value: object) -> str:
     return value
 
 
-def url_or_auto(value: object) -> str:
-    if value == "auto":
-        return "auto"
-    try:
-        return http_url(value)
-    except Invalid:
-        raise Invalid("'auto' or an http:// URL") from None
-
-
 def api_version(value: object) -> str:
     if hasattr(value, "isoformat") and not isinstance(value, str):
         value = value.isoformat()  # unquoted 2021-08-01 is a date to YAML; the user meant the text
@@ -129,27 +120,27 @@ def off_as_written(value: object) -> object:
     return "off" if value is False else value
 
 
-def host_keys_mode(value: object) -> str:
-    return one_of("regenerate", "keep", "off")(off_as_written(value))
+def off_or(check: Callable[[object], str]) -> Callable[[object], str]:
+    """`check` with YAML's false read back as the word off."""
+    return lambda value: check(off_as_written(value))
 
 
-def auto_off_or_path(value: object) -> str:
-    value = off_as_written(value)
-    if value in ("auto", "off"):
-        return value
-    try:
-        return absolute_path(value)
-    except Invalid:
-        raise Invalid("auto, off or an absolute path") from None
+def words_or(words: tuple[str, ...], check: Callable[[object], str], expected: str) -> Callable[[object], str]:
+    """One of `words` as it is, else what `check` takes; `expected` names both."""
+    def combined(value: object) -> str:
+        if value in words:
+            return value
+        try:
+            return check(value)
+        except Invalid:
+            raise Invalid(expected) from None
+    return combined
 
 
-def auto_or_path(value: object) -> str:
-    if value == "auto":
-        return "auto"
-    try:
-        return absolute_path(value)
-    except Invalid:
-        raise Invalid("auto or an absolute path") from None
+url_or_auto = words_or(("auto",), http_url, "'auto' or an http:// URL")
+auto_or_path = words_or(("auto",), absolute_path, "auto or an absolute path")
+auto_off_or_path = off_or(words_or(("auto", "off"), absolute_path, "auto, off or an absolute path"))
+host_keys_mode = off_or(one_of("regenerate", "keep", "off"))
 
 
 def e2fs_type(value: object) -> str:
